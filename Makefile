@@ -1,0 +1,22 @@
+# warren: `make demo` shows it working end to end, `make test` runs every test.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -s -w -X github.com/warren-hq/warren/agent/buildinfo.Version=$(VERSION) \
+           -X github.com/warren-hq/warren/agent/buildinfo.Commit=$(COMMIT)
+
+.PHONY: build test demo bench clean
+
+build:
+	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o bin/warren .
+
+test:
+	bash .ci/run
+
+demo: build
+	bash examples/demo.sh
+
+bench: build
+	go test -run '^$$' -bench . -benchtime 1x -timeout 30m ./agent/bench/
+
+clean:
+	rm -rf bin

@@ -1,0 +1,211 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warren-hq/warren/agent/dedup"
+	"github.com/warren-hq/warren/agent/delivery"
+	"github.com/warren-hq/warren/agent/event"
+	"github.com/warren-hq/warren/agent/logging"
+	"github.com/warren-hq/warren/config"
+)
+
+// Subscription states, as /readyz shows them.
+const (
+	StateStarting  = "starting"
+	StateConsuming = "consuming"
+	StatePaused    = "paused" // after 410 Gone, until reload or restart
+)
+
+// subscriber runs one subscription: a consumer on its work queue feeding
+// `concurrency` workers.
+type subscriber struct {
+	name     string
+	opts     config.Subscription
+	work     string
+	dead     string
+	tiers    map[time.Duration]string // delay -> tier queue
+	endpoint *delivery.Endpoint
+	client   *delivery.Client
+	seen     *dedup.Window
+	log      *slog.Logger
+
+	state  atomic.Value // string
+	paused atomic.Bool
+	pause  chan struct{} // a 410 asks the consume loop to stop
+}
+
+func newSubscriber(cfg *config.Config, s config.Subscription, userAgent string, seen *dedup.Window, log *slog.Logger) *subscriber {
+	sub := &subscriber{
+		name:     s.Name,
+		opts:     s,
+		work:     cfg.WorkQueue(s),
+		dead:     cfg.DeadQueue(s),
+		tiers:    make(map[time.Duration]string),
+		endpoint: delivery.NewEndpoint(s, userAgent),
+		client:   delivery.NewClient(s.Concurrency, s.Timeout),
+		seen:     seen,
+		log:      log.With("subscription", s.Name),
+		pause:    make(chan struct{}, 1),
+	}
+	for _, d := range s.Tiers() {
+		sub.tiers[d] = cfg.RetryQueue(s, d)
+	}
+	sub.state.Store(StateStarting)
+	return sub
+}
+
+// State is what the subscription is doing now.
+func (s *subscriber) State() string { return s.state.Load().(string) }
+
+// run consumes until ctx ends or the channel fails. Before returning it
+// stops the consumer, requeues what was prefetched but not started, and
+// waits for in-flight attempts (hard cuts them short on shutdown).
+func (s *subscriber) run(ctx, hard context.Context, sess *session, publishTimeout time.Duration) error {
+	if s.paused.Load() {
+		<-ctx.Done()
+		return nil
+	}
+	ch, err := sess.consume.Channel()
+	if err != nil {
+		return fmt.Errorf("subscription %s: open channel: %w", s.name, err)
+	}
+	defer ch.Close()
+	if err := ch.Qos(s.opts.EffectivePrefetch(), 0, false); err != nil {
+		return fmt.Errorf("subscription %s: set prefetch: %w", s.name, err)
+	}
+	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
+	cancelled := ch.NotifyCancel(make(chan string, 1))
+	tag := "warren." + s.name
+	deliveries, err := ch.Consume(s.work, tag,
+		false, // auto-ack: no, ack after the outcome is safe
+		false, // exclusive: no, several agents compete
+		false, // no-local
+		false, // no-wait
+		nil)
+	if err != nil {
+		return fmt.Errorf("subscription %s: consume %s: %w", s.name, s.work, err)
+	}
+	s.state.Store(StateConsuming)
+
+	var stopping atomic.Bool
+	var workers sync.WaitGroup
+	for range s.opts.Concurrency {
+		workers.Go(func() {
+			for d := range deliveries {
+				if stopping.Load() || s.paused.Load() {
+					// Prefetched but not started: back to the queue as is.
+					nack(&d, s.log)
+					continue
+				}
+				s.handle(hard, sess, &d, publishTimeout)
+			}
+		})
+	}
+	stop := func() {
+		stopping.Store(true)
+		_ = ch.Cancel(tag, false) // deliveries closes once the buffer is drained
+		workers.Wait()
+	}
+
+	select {
+	case <-ctx.Done():
+		stop()
+		return nil
+	case <-s.pause:
+		stop()
+		s.state.Store(StatePaused)
+		s.log.Error("subscription paused: the endpoint answered 410 Gone; reload or restart to resume")
+		<-ctx.Done()
+		return nil
+	case err := <-closed:
+		stopping.Store(true)
+		workers.Wait()
+		return fmt.Errorf("subscription %s: channel closed: %w", s.name, closedErr(err))
+	case <-cancelled:
+		stop()
+		return fmt.Errorf("subscription %s: the broker cancelled the consumer (queue %s deleted?)", s.name, s.work)
+	}
+}
+
+// handle makes one attempt and settles the delivery: ack after a 2xx, or
+// after the broker confirmed the retry or parking copy that replaces it;
+// otherwise nack with requeue so nothing is lost.
+func (s *subscriber) handle(hard context.Context, sess *session, d *amqp.Delivery, publishTimeout time.Duration) {
+	now := time.Now()
+	ev := event.FromDelivery(d, now)
+	log := s.log.With("event_id", ev.ID, "type", ev.Type, "attempt", ev.Attempt)
+	dedupKey := s.name + "\x00" + ev.ID
+	if s.seen.Contains(dedupKey) {
+		ack(d, log)
+		log.Debug("duplicate of an event already delivered; acked without sending")
+		return
+	}
+
+	res := s.client.Send(hard, s.endpoint, &ev, now)
+	if res.Status == 0 && hard.Err() != nil {
+		nack(d, log)
+		log.Warn("attempt cut short by shutdown; requeued", "duration_ms", res.Duration.Milliseconds())
+		return
+	}
+	dec := delivery.Decide(res, ev.Attempt, s.opts.Retry)
+	if dec.Action == delivery.Ack {
+		s.seen.Add(dedupKey)
+		ack(d, log)
+		log.Info("delivered", "status", res.Status, "duration_ms", res.Duration.Milliseconds())
+		return
+	}
+
+	queue, parkedAt, lastErr := s.dead, now, res.Err.Error()
+	if dec.Action == delivery.Retry {
+		queue, parkedAt = s.tiers[dec.Delay], time.Time{}
+	}
+	if dec.Reason != "" && dec.Reason != lastErr {
+		lastErr = dec.Reason + ": " + lastErr
+	}
+	msg := event.Copy(d, ev, event.Outcome{Status: res.Status, Error: lastErr}, parkedAt)
+	pctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
+	err := sess.publisher.Publish(pctx, "", queue, msg)
+	cancel()
+	if err != nil {
+		nack(d, log)
+		log.Warn("could not store the "+dec.Action.String()+" copy; requeued the original", logging.Err(err))
+		if errors.Is(err, context.DeadlineExceeded) {
+			// A publish that hangs means a blocked or broken connection:
+			// end the session rather than hang every worker behind it.
+			sess.abort()
+		}
+		return
+	}
+	ack(d, log)
+	attrs := []any{"status", res.Status, "duration_ms", res.Duration.Milliseconds(), logging.Err(res.Err)}
+	if dec.Action == delivery.Retry {
+		log.Warn("retry scheduled", append(attrs, "delay", dec.Delay.String())...)
+		return
+	}
+	log.Error("parked", append(attrs, "reason", dec.Reason, "queue", s.dead)...)
+	if dec.Pause && !s.paused.Swap(true) {
+		s.pause <- struct{}{}
+	}
+}
+
+func ack(d *amqp.Delivery, log *slog.Logger) {
+	if err := d.Ack(false); err != nil {
+		// The channel is gone; the broker redelivers the message.
+		log.Debug("ack failed; the broker will redeliver", logging.Err(err))
+	}
+}
+
+func nack(d *amqp.Delivery, log *slog.Logger) {
+	if err := d.Nack(false, true); err != nil {
+		log.Debug("nack failed; the broker will redeliver", logging.Err(err))
+	}
+}

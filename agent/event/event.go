@@ -1,0 +1,198 @@
+// Package event reads warren's view of an AMQP message (identity, type,
+// attempt count) and writes the retry and parking copies that replace it.
+package event
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strconv"
+	"strings"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// Headers warren sets on the copies it publishes. They carry no x- prefix:
+// that belongs to the broker, and RabbitMQ 4.x ignores a republished x-death,
+// so attempts are counted here and never from x-death.
+const (
+	HeaderAttempt        = "warren-attempt"          // attempts made so far
+	HeaderRoutingKey     = "warren-routing-key"      // the key the app published with
+	HeaderFirstAttemptAt = "warren-first-attempt-at" // RFC 3339
+	HeaderLastStatus     = "warren-last-status"      // HTTP status, 0 for none
+	HeaderLastError      = "warren-last-error"       // short reason, no secrets
+	HeaderParkedAt       = "warren-parked-at"        // RFC 3339, on parked copies
+	HeaderAPIVersion     = "api_version"             // copied into the envelope
+)
+
+// Event is one message as warren delivers it.
+type Event struct {
+	ID             string
+	Type           string // the original routing key
+	CreatedAt      time.Time
+	Attempt        int // this attempt, from 1
+	FirstAttemptAt time.Time
+	ContentType    string
+	APIVersion     string
+	Body           []byte
+}
+
+// FromDelivery reads an event from a delivery; now is used where the message
+// says nothing (first attempt, no timestamp).
+func FromDelivery(d *amqp.Delivery, now time.Time) Event {
+	ev := Event{
+		ID:          d.MessageId,
+		Type:        d.RoutingKey,
+		CreatedAt:   d.Timestamp,
+		Attempt:     1,
+		ContentType: d.ContentType,
+		Body:        d.Body,
+	}
+	if key, ok := d.Headers[HeaderRoutingKey].(string); ok {
+		ev.Type = key
+	}
+	if n, ok := intHeader(d.Headers[HeaderAttempt]); ok && n >= 0 {
+		ev.Attempt = n + 1
+	}
+	ev.FirstAttemptAt = now
+	if s, ok := d.Headers[HeaderFirstAttemptAt].(string); ok {
+		if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+			ev.FirstAttemptAt = t
+		}
+	}
+	if ev.CreatedAt.IsZero() {
+		ev.CreatedAt = ev.FirstAttemptAt
+	}
+	if v, ok := d.Headers[HeaderAPIVersion].(string); ok {
+		ev.APIVersion = v
+	}
+	if ev.ID == "" {
+		ev.ID = ID(d.Exchange, d.RoutingKey, d.Timestamp, d.Body)
+	}
+	return ev
+}
+
+// ID derives a stable event id for a message published without message_id:
+// the same message redelivered gets the same id.
+func ID(exchange, routingKey string, ts time.Time, body []byte) string {
+	h := sha256.New()
+	h.Write([]byte(exchange))
+	h.Write([]byte{0})
+	h.Write([]byte(routingKey))
+	h.Write([]byte{0})
+	h.Write(strconv.AppendInt(nil, ts.Unix(), 10))
+	h.Write([]byte{0})
+	h.Write(body)
+	var sum [sha256.Size]byte
+	return "evt_" + hex.EncodeToString(h.Sum(sum[:0])[:16])
+}
+
+// Outcome describes the attempt a copy records.
+type Outcome struct {
+	Status int    // HTTP status, 0 when there was no answer
+	Error  string // short reason
+}
+
+// Copy builds the message that replaces d in a retry tier or the dead queue:
+// same body, properties and publisher headers; warren's headers updated;
+// the broker's x-death headers and any expiration dropped (a per-message TTL
+// would fight the tier's). parkedAt is zero for retries.
+func Copy(d *amqp.Delivery, ev Event, o Outcome, parkedAt time.Time) amqp.Publishing {
+	headers := make(amqp.Table, len(d.Headers)+6)
+	for k, v := range d.Headers {
+		if k == "x-death" || strings.HasPrefix(k, "x-first-death-") || strings.HasPrefix(k, "x-last-death-") {
+			continue
+		}
+		headers[k] = v
+	}
+	headers[HeaderAttempt] = int32(ev.Attempt)
+	headers[HeaderRoutingKey] = ev.Type
+	headers[HeaderFirstAttemptAt] = ev.FirstAttemptAt.UTC().Format(time.RFC3339Nano)
+	headers[HeaderLastStatus] = int32(o.Status)
+	headers[HeaderLastError] = Truncate(o.Error, 512)
+	if !parkedAt.IsZero() {
+		headers[HeaderParkedAt] = parkedAt.UTC().Format(time.RFC3339Nano)
+	}
+	return amqp.Publishing{
+		Headers:         headers,
+		ContentType:     d.ContentType,
+		ContentEncoding: d.ContentEncoding,
+		DeliveryMode:    amqp.Persistent,
+		Priority:        d.Priority,
+		CorrelationId:   d.CorrelationId,
+		ReplyTo:         d.ReplyTo,
+		MessageId:       ev.ID,
+		Timestamp:       d.Timestamp,
+		Type:            d.Type,
+		UserId:          d.UserId,
+		AppId:           d.AppId,
+		Body:            d.Body,
+	}
+}
+
+// Replay builds the message that moves a parked copy back to its work
+// queue: same id and body, attempt count and last outcome cleared.
+func Replay(d *amqp.Delivery, ev Event) amqp.Publishing {
+	p := Copy(d, ev, Outcome{}, time.Time{})
+	for _, k := range []string{HeaderAttempt, HeaderLastStatus, HeaderLastError, HeaderParkedAt} {
+		delete(p.Headers, k)
+	}
+	return p
+}
+
+// Parked is what `dead list` shows of a parked message.
+type Parked struct {
+	ID         string
+	Type       string
+	Attempts   int
+	LastStatus int
+	LastError  string
+	ParkedAt   string
+}
+
+// ReadParked reads a parked message's warren headers.
+func ReadParked(d *amqp.Delivery) Parked {
+	ev := FromDelivery(d, time.Time{})
+	p := Parked{ID: ev.ID, Type: ev.Type, Attempts: ev.Attempt - 1}
+	p.LastStatus, _ = intHeader(d.Headers[HeaderLastStatus])
+	p.LastError, _ = d.Headers[HeaderLastError].(string)
+	p.ParkedAt, _ = d.Headers[HeaderParkedAt].(string)
+	return p
+}
+
+// Truncate shortens s to at most n bytes without splitting a UTF-8 rune.
+func Truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && cut < len(s) && s[cut]&0xC0 == 0x80 {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+func intHeader(v any) (int, bool) {
+	switch n := v.(type) {
+	case int8:
+		return int(n), true
+	case int16:
+		return int(n), true
+	case int32:
+		return int(n), true
+	case int64:
+		return int(n), true
+	case int:
+		return n, true
+	case uint8:
+		return int(n), true
+	case uint16:
+		return int(n), true
+	case uint32:
+		return int(n), true
+	case string:
+		i, err := strconv.Atoi(n)
+		return i, err == nil
+	}
+	return 0, false
+}

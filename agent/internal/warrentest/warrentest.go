@@ -1,0 +1,254 @@
+// Package warrentest builds what warren's integration tests share: a config
+// with names unique to the test, a recording webhook receiver on 127.0.0.1,
+// and helpers to publish events and read queue depths on the real broker.
+package warrentest
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warren-hq/warren/agent/internal/brokertest"
+	"github.com/warren-hq/warren/agent/topology"
+	"github.com/warren-hq/warren/config"
+)
+
+// Config returns a config on the test broker with a unique exchange and
+// queue prefix, the metrics server off and the given subscriptions, which
+// inherit short test defaults. Every queue the config implies and the
+// exchange are deleted when the test ends.
+func Config(t testing.TB, subs ...config.Subscription) *config.Config {
+	t.Helper()
+	unique := brokertest.Unique(t)
+	cfg := config.Default()
+	cfg.Path = "test"
+	cfg.Broker.URL = brokertest.URL()
+	cfg.Broker.Exchange = unique
+	cfg.Broker.QueuePrefix = unique
+	cfg.Server.Listen = ""
+	cfg.Server.ShutdownGrace = 5 * time.Second
+	cfg.Defaults.Timeout = 2 * time.Second
+	cfg.Defaults.Concurrency = 4
+	cfg.Defaults.Retry.Delays = []time.Duration{100 * time.Millisecond, 300 * time.Millisecond}
+	for _, s := range subs {
+		cfg.Subscriptions = append(cfg.Subscriptions, Subscription(cfg, s))
+	}
+	conn := brokertest.Dial(t)
+	t.Cleanup(func() { Cleanup(t, conn, &cfg) })
+	return &cfg
+}
+
+// Subscription fills the unset options of s from cfg's defaults.
+func Subscription(cfg config.Config, s config.Subscription) config.Subscription {
+	d := cfg.Defaults
+	if s.Timeout == 0 {
+		s.Timeout = d.Timeout
+	}
+	if s.Concurrency == 0 {
+		s.Concurrency = d.Concurrency
+	}
+	if s.Format == "" {
+		s.Format = d.Format
+	}
+	if s.Source == "" {
+		s.Source = d.Source
+	}
+	if s.Retry.Delays == nil {
+		s.Retry.Delays = d.Retry.Delays
+	}
+	if s.CircuitBreaker.Cooldown == 0 {
+		s.CircuitBreaker.Cooldown = d.CircuitBreaker.Cooldown
+	}
+	return s
+}
+
+// Cleanup deletes the queues and exchange of cfg.
+func Cleanup(t testing.TB, conn *amqp.Connection, cfg *config.Config) {
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Errorf("cleanup: %v", err)
+		return
+	}
+	defer ch.Close()
+	for _, q := range topology.For(cfg).Queues {
+		if _, err := ch.QueueDelete(q.Name, false, false, false); err != nil {
+			t.Errorf("cleanup: delete queue %s: %v", q.Name, err)
+			return
+		}
+	}
+	if err := ch.ExchangeDelete(cfg.Broker.Exchange, false, false); err != nil {
+		t.Errorf("cleanup: delete exchange: %v", err)
+	}
+}
+
+// Apply declares cfg's topology so events can be published before warren runs.
+func Apply(t testing.TB, cfg *config.Config) {
+	t.Helper()
+	if err := topology.Apply(brokertest.Dial(t), topology.For(cfg)); err != nil {
+		t.Fatalf("apply topology: %v", err)
+	}
+}
+
+// Request is one webhook a Receiver got.
+type Request struct {
+	At     time.Time
+	Header http.Header
+	Body   []byte
+}
+
+// Receiver is a webhook endpoint on 127.0.0.1 that records every request
+// and answers with what Respond returns (200 when nil).
+type Receiver struct {
+	*httptest.Server
+
+	mu       sync.Mutex
+	requests []Request
+	// Respond chooses the answer to the n-th request (from 1).
+	Respond func(n int, r *http.Request) int
+	changed chan struct{}
+}
+
+// NewReceiver starts a receiver, closed when the test ends.
+func NewReceiver(t testing.TB, respond func(n int, r *http.Request) int) *Receiver {
+	rc := &Receiver{Respond: respond, changed: make(chan struct{}, 1)}
+	rc.Server = httptest.NewServer(http.HandlerFunc(rc.serve))
+	t.Cleanup(rc.Close)
+	return rc
+}
+
+func (rc *Receiver) serve(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	rc.mu.Lock()
+	rc.requests = append(rc.requests, Request{At: time.Now(), Header: r.Header.Clone(), Body: body})
+	n := len(rc.requests)
+	respond := rc.Respond
+	rc.mu.Unlock()
+	status := http.StatusOK
+	if respond != nil {
+		status = respond(n, r)
+	}
+	w.WriteHeader(status)
+	select {
+	case rc.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Requests returns a copy of what was received so far.
+func (rc *Receiver) Requests() []Request {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return append([]Request(nil), rc.requests...)
+}
+
+// WaitFor waits until cond holds for the requests received, failing the
+// test after timeout.
+func (rc *Receiver) WaitFor(t testing.TB, timeout time.Duration, what string, cond func([]Request) bool) []Request {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		reqs := rc.Requests()
+		if cond(reqs) {
+			return reqs
+		}
+		select {
+		case <-rc.changed:
+		case <-time.After(50 * time.Millisecond):
+		case <-deadline:
+			t.Fatalf("timed out after %s waiting for %s (got %d requests)", timeout, what, len(reqs))
+		}
+	}
+}
+
+// Publish publishes events to cfg's exchange with confirms.
+func Publish(t testing.TB, cfg *config.Config, key string, msgs ...amqp.Publishing) {
+	t.Helper()
+	ch, err := brokertest.Dial(t).Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var confirms []*amqp.DeferredConfirmation
+	for _, m := range msgs {
+		m.DeliveryMode = amqp.Persistent
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, cfg.Broker.Exchange, key, true, false, m)
+		if err != nil {
+			t.Fatalf("publish: %v", err)
+		}
+		confirms = append(confirms, dc)
+	}
+	for _, dc := range confirms {
+		ok, err := dc.WaitContext(ctx)
+		if err != nil || !ok {
+			t.Fatalf("publish not confirmed: %v", err)
+		}
+	}
+}
+
+// JSON returns a persistent JSON event with the given id and body.
+func JSON(id, body string) amqp.Publishing {
+	return amqp.Publishing{MessageId: id, ContentType: "application/json", Timestamp: time.Now(), Body: []byte(body)}
+}
+
+// Depth returns the number of ready messages in queue.
+func Depth(t testing.TB, queue string) int {
+	t.Helper()
+	return depth(t, brokertest.Dial(t), queue)
+}
+
+func depth(t testing.TB, conn *amqp.Connection, queue string) int {
+	t.Helper()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+	if err != nil {
+		t.Fatalf("inspect queue %s: %v", queue, err)
+	}
+	return q.Messages
+}
+
+// WaitDepth waits until queue holds want ready messages.
+func WaitDepth(t testing.TB, queue string, want int, timeout time.Duration) {
+	t.Helper()
+	conn := brokertest.Dial(t)
+	deadline := time.Now().Add(timeout)
+	for {
+		got := depth(t, conn, queue)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("queue %s holds %d messages after %s, want %d", queue, got, timeout, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Get takes one message from queue without acking it (it goes back when the
+// test's connection closes).
+func Get(t testing.TB, queue string) amqp.Delivery {
+	t.Helper()
+	ch, err := brokertest.Dial(t).Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, ok, err := ch.Get(queue, false)
+	if err != nil || !ok {
+		t.Fatalf("get from %s: ok=%v err=%v", queue, ok, err)
+	}
+	return d
+}
