@@ -1,9 +1,17 @@
 package cli
 
 import (
+	"context"
+	"net"
+	"net/http"
+	"time"
+
 	"github.com/spf13/cobra"
 
 	"github.com/warren-hq/warren/agent/engine"
+	"github.com/warren-hq/warren/agent/logging"
+	"github.com/warren-hq/warren/agent/metrics"
+	"github.com/warren-hq/warren/agent/server"
 )
 
 func (a *app) runCommand() *cobra.Command {
@@ -19,7 +27,27 @@ func (a *app) runCommand() *cobra.Command {
 			for _, w := range cfg.Warnings() {
 				a.log.Warn("config: " + w)
 			}
-			return engine.New(cfg, a.log).Run(cmd.Context())
+			m := metrics.New()
+			e := engine.New(cfg, a.log, m)
+			ctx := cmd.Context()
+			if cfg.Server.Listen != "" {
+				ln, err := net.Listen("tcp", cfg.Server.Listen)
+				if err != nil {
+					return err
+				}
+				srv := &http.Server{Handler: server.Handler(e, m), ReadHeaderTimeout: 5 * time.Second}
+				a.log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String())
+				srvCtx, stopSrv := context.WithCancel(context.WithoutCancel(ctx))
+				served := make(chan error, 1)
+				go func() { served <- serveUntil(srvCtx, srv, ln) }()
+				defer func() {
+					stopSrv()
+					if err := <-served; err != nil {
+						a.log.Error("operations server failed", logging.Err(err))
+					}
+				}()
+			}
+			return e.Run(ctx)
 		},
 	}
 	a.addConfigFlag(cmd)

@@ -18,39 +18,44 @@ import (
 	"github.com/warren-hq/warren/agent/buildinfo"
 	"github.com/warren-hq/warren/agent/dedup"
 	"github.com/warren-hq/warren/agent/logging"
+	"github.com/warren-hq/warren/agent/metrics"
 	"github.com/warren-hq/warren/agent/topology"
 	"github.com/warren-hq/warren/config"
 )
 
 // Engine delivers the events of every subscription in a config.
 type Engine struct {
-	cfg  *config.Config
-	log  *slog.Logger
-	subs []*subscriber
+	cfg     *config.Config
+	log     *slog.Logger
+	metrics *metrics.Metrics
+	subs    []*subscriber
 
 	// Timings, exported so tests can shorten them.
 	MinBackoff     time.Duration // first wait before redialing
 	MaxBackoff     time.Duration // cap of the doubling wait
 	PublishTimeout time.Duration // a copy not confirmed by then is requeued
+	SampleEvery    time.Duration // how often queue depths are read for metrics
 
 	mu        sync.Mutex
 	connected bool
 	lastErr   error
 }
 
-// New prepares an engine for cfg.
-func New(cfg *config.Config, log *slog.Logger) *Engine {
+// New prepares an engine for cfg, reporting to m.
+func New(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) *Engine {
 	e := &Engine{
 		cfg:            cfg,
 		log:            log,
+		metrics:        m,
 		MinBackoff:     500 * time.Millisecond,
 		MaxBackoff:     30 * time.Second,
 		PublishTimeout: 10 * time.Second,
+		SampleEvery:    5 * time.Second,
 	}
 	seen := dedup.New(cfg.Server.DedupWindow)
 	ua := buildinfo.UserAgent()
 	for _, s := range cfg.Subscriptions {
-		e.subs = append(e.subs, newSubscriber(cfg, s, ua, seen, log))
+		e.subs = append(e.subs, newSubscriber(cfg, s, ua, seen, log, m.For(s.Name)))
 	}
 	return e
 }
@@ -172,6 +177,12 @@ func (e *Engine) session(ctx, hard context.Context, onUp func()) error {
 	for _, s := range e.subs {
 		go func() { done <- s.run(sctx, hard, sess, e.PublishTimeout) }()
 	}
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		e.sampleDepths(sctx, publishConn)
+	}()
+	defer func() { <-sampled }()
 	onUp()
 
 	running := len(e.subs)
@@ -214,6 +225,54 @@ func (e *Engine) setConnected(up bool, err error) {
 	e.mu.Lock()
 	e.connected, e.lastErr = up, err
 	e.mu.Unlock()
+	if up {
+		e.metrics.BrokerConnected.Set(1)
+	} else {
+		e.metrics.BrokerConnected.Set(0)
+	}
+}
+
+// sampleDepths reads every queue's depth with passive declares on a channel
+// of its own until ctx ends.
+func (e *Engine) sampleDepths(ctx context.Context, conn *amqp.Connection) {
+	tick := time.NewTicker(e.SampleEvery)
+	defer tick.Stop()
+	var ch *amqp.Channel
+	defer func() {
+		if ch != nil {
+			ch.Close()
+		}
+	}()
+	depth := func(queue string) int {
+		if ch == nil || ch.IsClosed() {
+			var err error
+			if ch, err = conn.Channel(); err != nil {
+				return 0
+			}
+		}
+		// A missing queue closes the channel; the next call reopens it.
+		q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+		if err != nil {
+			return 0
+		}
+		return q.Messages
+	}
+	for {
+		for _, s := range e.subs {
+			retry := 0
+			for _, q := range s.tiers {
+				retry += depth(q)
+			}
+			s.metrics.WorkMessages.Set(float64(depth(s.work)))
+			s.metrics.RetryMessages.Set(float64(retry))
+			s.metrics.DeadMessages.Set(float64(depth(s.dead)))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // SubscriptionStates maps each subscription to what it is doing.

@@ -16,6 +16,7 @@ import (
 	"github.com/warren-hq/warren/agent/engine"
 	"github.com/warren-hq/warren/agent/event"
 	"github.com/warren-hq/warren/agent/internal/warrentest"
+	"github.com/warren-hq/warren/agent/metrics"
 	"github.com/warren-hq/warren/config"
 )
 
@@ -24,7 +25,7 @@ const testSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 // start runs an engine on cfg until the test ends.
 func start(t *testing.T, cfg *config.Config) {
 	t.Helper()
-	e := engine.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	e := engine.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), metrics.New())
 	e.MinBackoff = 50 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -259,7 +260,7 @@ func TestParkAtOnce(t *testing.T) {
 func TestGonePausesSubscription(t *testing.T) {
 	rc := warrentest.NewReceiver(t, func(int, *http.Request) int { return http.StatusGone })
 	cfg := warrentest.Config(t, config.Subscription{Name: "gone", URL: rc.URL, Events: []string{"#"}, Options: config.Options{Concurrency: 1}})
-	e := engine.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	e := engine.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), metrics.New())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- e.Run(ctx) }()
@@ -328,7 +329,7 @@ func TestTopologyConflictStopsEngine(t *testing.T) {
 	warrentest.Apply(t, cfg)
 	quorum := *cfg
 	quorum.Broker.QueueType = config.QueueQuorum
-	e := engine.New(&quorum, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	e := engine.New(&quorum, slog.New(slog.NewTextHandler(io.Discard, nil)), metrics.New())
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	err := e.Run(ctx)

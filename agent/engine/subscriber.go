@@ -15,6 +15,7 @@ import (
 	"github.com/warren-hq/warren/agent/delivery"
 	"github.com/warren-hq/warren/agent/event"
 	"github.com/warren-hq/warren/agent/logging"
+	"github.com/warren-hq/warren/agent/metrics"
 	"github.com/warren-hq/warren/config"
 )
 
@@ -37,13 +38,14 @@ type subscriber struct {
 	client   *delivery.Client
 	seen     *dedup.Window
 	log      *slog.Logger
+	metrics  *metrics.Subscription
 
 	state  atomic.Value // string
 	paused atomic.Bool
 	pause  chan struct{} // a 410 asks the consume loop to stop
 }
 
-func newSubscriber(cfg *config.Config, s config.Subscription, userAgent string, seen *dedup.Window, log *slog.Logger) *subscriber {
+func newSubscriber(cfg *config.Config, s config.Subscription, userAgent string, seen *dedup.Window, log *slog.Logger, m *metrics.Subscription) *subscriber {
 	sub := &subscriber{
 		name:     s.Name,
 		opts:     s,
@@ -54,6 +56,7 @@ func newSubscriber(cfg *config.Config, s config.Subscription, userAgent string, 
 		client:   delivery.NewClient(s.Concurrency, s.Timeout),
 		seen:     seen,
 		log:      log.With("subscription", s.Name),
+		metrics:  m,
 		pause:    make(chan struct{}, 1),
 	}
 	for _, d := range s.Tiers() {
@@ -150,16 +153,23 @@ func (s *subscriber) handle(hard context.Context, sess *session, d *amqp.Deliver
 		return
 	}
 
+	s.metrics.InFlight.Inc()
 	res := s.client.Send(hard, s.endpoint, &ev, now)
+	s.metrics.InFlight.Dec()
 	if res.Status == 0 && hard.Err() != nil {
+		s.metrics.Requeued.Inc()
 		nack(d, log)
 		log.Warn("attempt cut short by shutdown; requeued", "duration_ms", res.Duration.Milliseconds())
 		return
+	}
+	if !res.Invalid {
+		s.metrics.Latency.Observe(res.Duration.Seconds())
 	}
 	dec := delivery.Decide(res, ev.Attempt, s.opts.Retry)
 	if dec.Action == delivery.Ack {
 		s.seen.Add(dedupKey)
 		ack(d, log)
+		s.metrics.Delivered.Inc()
 		log.Info("delivered", "status", res.Status, "duration_ms", res.Duration.Milliseconds())
 		return
 	}
@@ -177,6 +187,7 @@ func (s *subscriber) handle(hard context.Context, sess *session, d *amqp.Deliver
 	cancel()
 	if err != nil {
 		nack(d, log)
+		s.metrics.Requeued.Inc()
 		log.Warn("could not store the "+dec.Action.String()+" copy; requeued the original", logging.Err(err))
 		if errors.Is(err, context.DeadlineExceeded) {
 			// A publish that hangs means a blocked or broken connection:
@@ -188,11 +199,14 @@ func (s *subscriber) handle(hard context.Context, sess *session, d *amqp.Deliver
 	ack(d, log)
 	attrs := []any{"status", res.Status, "duration_ms", res.Duration.Milliseconds(), logging.Err(res.Err)}
 	if dec.Action == delivery.Retry {
+		s.metrics.Retried.Inc()
 		log.Warn("retry scheduled", append(attrs, "delay", dec.Delay.String())...)
 		return
 	}
+	s.metrics.Parked.Inc()
 	log.Error("parked", append(attrs, "reason", dec.Reason, "queue", s.dead)...)
 	if dec.Pause && !s.paused.Swap(true) {
+		s.metrics.Paused.Set(1)
 		s.pause <- struct{}{}
 	}
 }

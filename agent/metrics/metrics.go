@@ -1,0 +1,121 @@
+// Package metrics defines warren's Prometheus metrics. Label values are
+// bound once per subscription so the delivery path does no label lookups.
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/warren-hq/warren/agent/buildinfo"
+)
+
+// Outcomes of an attempt, as the outcome label shows them.
+const (
+	OutcomeDelivered = "delivered"
+	OutcomeRetried   = "retried"
+	OutcomeParked    = "parked"
+	OutcomeRequeued  = "requeued" // could not settle; back in the work queue
+)
+
+// Metrics is the set warren exports on /metrics.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	deliveries      *prometheus.CounterVec
+	latency         *prometheus.HistogramVec
+	inFlight        *prometheus.GaugeVec
+	circuitOpen     *prometheus.GaugeVec
+	paused          *prometheus.GaugeVec
+	queueMessages   *prometheus.GaugeVec
+	BrokerConnected prometheus.Gauge
+	Reloads         *prometheus.CounterVec
+}
+
+// New registers every metric on a fresh registry, with Go and process
+// collectors and warren_build_info.
+func New() *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "warren_deliveries_total",
+			Help: "Attempts settled, by subscription and outcome (delivered, retried, parked, requeued).",
+		}, []string{"subscription", "outcome"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "warren_attempt_duration_seconds",
+			Help:    "Duration of one HTTP attempt, connect to last byte.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"subscription"}),
+		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "warren_in_flight_requests",
+			Help: "HTTP attempts in progress.",
+		}, []string{"subscription"}),
+		circuitOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "warren_circuit_open",
+			Help: "1 while the subscription's circuit breaker holds consumption (open or half-open), else 0.",
+		}, []string{"subscription"}),
+		paused: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "warren_subscription_paused",
+			Help: "1 while the subscription is paused after its endpoint answered 410 Gone.",
+		}, []string{"subscription"}),
+		queueMessages: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "warren_queue_messages",
+			Help: "Ready messages in the subscription's queues (kind: work, retry, dead), sampled from the broker.",
+		}, []string{"subscription", "kind"}),
+		BrokerConnected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "warren_broker_connected",
+			Help: "1 while a broker session is up.",
+		}),
+		Reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "warren_config_reloads_total",
+			Help: "Config reloads by result (success, failure).",
+		}, []string{"result"}),
+	}
+	info := buildinfo.Get()
+	build := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "warren_build_info",
+		Help:        "Always 1; the labels say what is running.",
+		ConstLabels: prometheus.Labels{"version": info.Version, "commit": info.Commit, "goversion": info.GoVersion},
+	})
+	build.Set(1)
+	m.Registry.MustRegister(m.deliveries, m.latency, m.inFlight, m.circuitOpen, m.paused, m.queueMessages,
+		m.BrokerConnected, m.Reloads, build,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Subscription holds one subscription's metrics with labels bound.
+type Subscription struct {
+	Delivered, Retried, Parked, Requeued prometheus.Counter
+	Latency                              prometheus.Observer
+	InFlight                             prometheus.Gauge
+	CircuitOpen                          prometheus.Gauge
+	Paused                               prometheus.Gauge
+	WorkMessages, RetryMessages          prometheus.Gauge
+	DeadMessages                         prometheus.Gauge
+}
+
+// For binds the metrics of subscription name.
+func (m *Metrics) For(name string) *Subscription {
+	return &Subscription{
+		Delivered:     m.deliveries.WithLabelValues(name, OutcomeDelivered),
+		Retried:       m.deliveries.WithLabelValues(name, OutcomeRetried),
+		Parked:        m.deliveries.WithLabelValues(name, OutcomeParked),
+		Requeued:      m.deliveries.WithLabelValues(name, OutcomeRequeued),
+		Latency:       m.latency.WithLabelValues(name),
+		InFlight:      m.inFlight.WithLabelValues(name),
+		CircuitOpen:   m.circuitOpen.WithLabelValues(name),
+		Paused:        m.paused.WithLabelValues(name),
+		WorkMessages:  m.queueMessages.WithLabelValues(name, "work"),
+		RetryMessages: m.queueMessages.WithLabelValues(name, "retry"),
+		DeadMessages:  m.queueMessages.WithLabelValues(name, "dead"),
+	}
+}
+
+// Forget drops a removed subscription's series.
+func (m *Metrics) Forget(name string) {
+	for _, v := range []interface {
+		DeletePartialMatch(prometheus.Labels) int
+	}{m.deliveries, m.latency, m.inFlight, m.circuitOpen, m.paused, m.queueMessages} {
+		v.DeletePartialMatch(prometheus.Labels{"subscription": name})
+	}
+}
