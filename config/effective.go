@@ -1,0 +1,92 @@
+package config
+
+import (
+	"bytes"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Effective renders the resolved config as YAML: every subscription with
+// the options it inherits, durations in short form (5s, 1m30s), and secrets,
+// credential headers and the broker password hidden. It backs
+// "warren validate --verbose".
+func (c *Config) Effective() []byte {
+	view := *c
+	view.Broker.URL = c.Broker.RedactedURL()
+	view.Subscriptions = make([]Subscription, len(c.Subscriptions))
+	for i, s := range c.Subscriptions {
+		headers := make(map[string]string, len(s.Headers))
+		for name, value := range s.Headers {
+			if sensitiveHeader(name) {
+				value = redacted
+			}
+			headers[name] = value
+		}
+		s.URL, s.Headers = maskURL(s.URL), headers
+		view.Subscriptions[i] = s
+	}
+	var buf bytes.Buffer
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(encode(reflect.ValueOf(view))); err != nil {
+		// The tree is built here from plain scalars; failing is a bug.
+		panic("config: render effective config: " + err.Error())
+	}
+	return buf.Bytes()
+}
+
+// encode builds the YAML tree of v with the same keys the decoder reads.
+func encode(v reflect.Value) *yaml.Node {
+	switch t := v.Type(); {
+	case t == durationType:
+		return scalar("!!str", DelayName(time.Duration(v.Int())))
+	case t == secretType:
+		return scalar("!!str", redacted)
+	case isStruct(t):
+		n := &yaml.Node{Kind: yaml.MappingNode}
+		for _, f := range fieldsOf(t) {
+			n.Content = append(n.Content, scalar("!!str", f.name), encode(v.FieldByIndex(f.index)))
+		}
+		return n
+	}
+	switch v.Kind() {
+	case reflect.Slice:
+		n := &yaml.Node{Kind: yaml.SequenceNode}
+		for i := range v.Len() {
+			n.Content = append(n.Content, encode(v.Index(i)))
+		}
+		if v.Len() == 0 || n.Content[0].Kind == yaml.ScalarNode {
+			n.Style = yaml.FlowStyle // delays: [5s, 30s]
+		}
+		return n
+	case reflect.Map:
+		keys := v.MapKeys()
+		slices.SortFunc(keys, func(a, b reflect.Value) int { return strings.Compare(a.String(), b.String()) })
+		n := &yaml.Node{Kind: yaml.MappingNode}
+		if len(keys) == 0 {
+			n.Style = yaml.FlowStyle // headers: {}
+		}
+		for _, k := range keys {
+			n.Content = append(n.Content, scalar("!!str", k.String()), encode(v.MapIndex(k)))
+		}
+		return n
+	case reflect.Bool:
+		return scalar("", strconv.FormatBool(v.Bool()))
+	case reflect.Int:
+		return scalar("", strconv.FormatInt(v.Int(), 10))
+	case reflect.Float64:
+		return scalar("", strconv.FormatFloat(v.Float(), 'g', -1, 64))
+	}
+	return scalar("!!str", v.String())
+}
+
+// scalar makes a node; an empty tag lets the encoder write numbers and
+// booleans plain, !!str quotes strings that would read as something else.
+func scalar(tag, value string) *yaml.Node {
+	return &yaml.Node{Kind: yaml.ScalarNode, Tag: tag, Value: value}
+}
