@@ -65,10 +65,15 @@ func Execute(ctx context.Context, env Env) int {
 	if err == nil {
 		return ExitOK
 	}
-	fmt.Fprintln(env.Stderr, "error: "+err.Error())
 	var cfgErr *config.Error
+	if errors.As(err, &cfgErr) {
+		// Each problem already names its file and line.
+		fmt.Fprintln(env.Stderr, cfgErr.Error())
+		return ExitUsage
+	}
+	fmt.Fprintln(env.Stderr, "error: "+err.Error())
 	var usage usageError
-	if errors.As(err, &cfgErr) || errors.As(err, &usage) {
+	if errors.As(err, &usage) {
 		return ExitUsage
 	}
 	return ExitFailure

@@ -47,6 +47,13 @@ func (a *app) runCommand() *cobra.Command {
 					}
 				}()
 			}
+			watchCtx, stopWatch := context.WithCancel(ctx)
+			watched := make(chan struct{})
+			go func() {
+				defer close(watched)
+				watchConfig(watchCtx, cfg.Path, a.env.Reload, e, m, a.log)
+			}()
+			defer func() { stopWatch(); <-watched }()
 			return e.Run(ctx)
 		},
 	}

@@ -29,6 +29,9 @@ type Decision struct {
 	// said it is gone for good.
 	Pause  bool
 	Reason string
+	// EndpointFailed says the endpoint, not the message, is at fault: what
+	// a circuit breaker counts.
+	EndpointFailed bool
 }
 
 // Decide applies the delivery rules to one attempt's result. attempt counts
@@ -47,7 +50,7 @@ func Decide(r Result, attempt int, retry config.Retry) Decision {
 	case slices.Contains(retry.DeadOnStatus, r.Status):
 		return Decision{Action: Park, Reason: "status is in dead_on_status"}
 	case attempt > len(retry.Delays):
-		return Decision{Action: Park, Reason: "retries exhausted"}
+		return Decision{Action: Park, Reason: "retries exhausted", EndpointFailed: true}
 	}
 	// Anything else (5xx, 4xx, 3xx, timeouts, connection and TLS errors)
 	// may pass: try again after the tier's delay.
@@ -55,7 +58,7 @@ func Decide(r Result, attempt int, retry config.Retry) Decision {
 	if r.RetryAfter > 0 && (r.Status == http.StatusTooManyRequests || r.Status == http.StatusServiceUnavailable) {
 		delay = tierCovering(retry.Delays, r.RetryAfter)
 	}
-	return Decision{Action: Retry, Delay: delay}
+	return Decision{Action: Retry, Delay: delay, EndpointFailed: true}
 }
 
 // tierCovering is the first delay >= d, capped at the last one.

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"reflect"
+	"slices"
 	"sync"
 	"time"
 
@@ -25,10 +27,10 @@ import (
 
 // Engine delivers the events of every subscription in a config.
 type Engine struct {
-	cfg     *config.Config
 	log     *slog.Logger
 	metrics *metrics.Metrics
-	subs    []*subscriber
+	seen    *dedup.Window
+	reloads chan *config.Config // latest config to switch to
 
 	// Timings, exported so tests can shorten them.
 	MinBackoff     time.Duration // first wait before redialing
@@ -37,6 +39,8 @@ type Engine struct {
 	SampleEvery    time.Duration // how often queue depths are read for metrics
 
 	mu        sync.Mutex
+	cfg       *config.Config
+	subs      []*subscriber // in config order
 	connected bool
 	lastErr   error
 }
@@ -47,18 +51,36 @@ func New(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) *Engine {
 		cfg:            cfg,
 		log:            log,
 		metrics:        m,
+		seen:           dedup.New(cfg.Server.DedupWindow),
+		reloads:        make(chan *config.Config, 1),
 		MinBackoff:     500 * time.Millisecond,
 		MaxBackoff:     30 * time.Second,
 		PublishTimeout: 10 * time.Second,
 		SampleEvery:    5 * time.Second,
 	}
-	seen := dedup.New(cfg.Server.DedupWindow)
-	ua := buildinfo.UserAgent()
 	for _, s := range cfg.Subscriptions {
-		e.subs = append(e.subs, newSubscriber(cfg, s, ua, seen, log, m.For(s.Name)))
+		e.subs = append(e.subs, e.newSubscriber(cfg, s))
 	}
 	return e
 }
+
+func (e *Engine) newSubscriber(cfg *config.Config, s config.Subscription) *subscriber {
+	return newSubscriber(cfg, s, buildinfo.UserAgent(), e.seen, e.log, e.metrics.For(s.Name))
+}
+
+// Reload switches to cfg without dropping or duplicating in-flight events:
+// new subscriptions start, removed ones stop after draining, changed (and
+// paused) ones restart. A changed broker section reconnects.
+func (e *Engine) Reload(cfg *config.Config) {
+	select {
+	case <-e.reloads: // superseded
+	default:
+	}
+	e.reloads <- cfg
+}
+
+// errReload ends a session so the next one starts on a new broker config.
+var errReload = errors.New("broker settings changed")
 
 // FatalError stops the engine: retrying cannot fix it.
 type FatalError struct{ Err error }
@@ -75,7 +97,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	hard, stopHard := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopHard()
 	stopTimer := context.AfterFunc(ctx, func() {
-		time.AfterFunc(e.cfg.Server.ShutdownGrace, stopHard)
+		cfg, _ := e.current()
+		time.AfterFunc(cfg.Server.ShutdownGrace, stopHard)
 	})
 	defer stopTimer()
 
@@ -90,7 +113,8 @@ func (e *Engine) Run(ctx context.Context) error {
 			if down {
 				e.log.Info("broker connection restored")
 			} else {
-				e.log.Info("connected to broker", "url", e.cfg.Broker.RedactedURL(), "subscriptions", len(e.subs))
+				cfg, subs := e.current()
+				e.log.Info("connected to broker", "url", cfg.Broker.RedactedURL(), "subscriptions", len(subs))
 			}
 			down = false
 		})
@@ -101,6 +125,10 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 		if fatal := (*FatalError)(nil); errors.As(err, &fatal) {
 			return err
+		}
+		if errors.Is(err, errReload) {
+			e.log.Info("broker settings changed; reconnecting")
+			continue
 		}
 		if !down || up {
 			if up {
@@ -116,11 +144,20 @@ func (e *Engine) Run(ctx context.Context) error {
 		// reconnecting in step after a broker restart.
 		wait := backoff/2 + rand.N(backoff/2+1)
 		backoff = min(2*backoff, e.MaxBackoff)
-		select {
-		case <-ctx.Done():
-			e.log.Info("stopped")
-			return nil
-		case <-time.After(wait):
+		timer := time.NewTimer(wait)
+	waiting:
+		for {
+			select {
+			case <-ctx.Done():
+				timer.Stop()
+				e.log.Info("stopped")
+				return nil
+			case cfg := <-e.reloads:
+				// Nothing runs: the next session starts on it.
+				e.swap(cfg, e.plan(cfg))
+			case <-timer.C:
+				break waiting
+			}
 		}
 	}
 }
@@ -135,18 +172,19 @@ type session struct {
 }
 
 func (e *Engine) session(ctx, hard context.Context, onUp func()) error {
-	consumeConn, err := broker.Dial(e.cfg.Broker, "consume")
+	cfg, subs := e.current()
+	consumeConn, err := broker.Dial(cfg.Broker, "consume")
 	if err != nil {
 		return err
 	}
 	defer closeConn(consumeConn)
-	publishConn, err := broker.Dial(e.cfg.Broker, "publish")
+	publishConn, err := broker.Dial(cfg.Broker, "publish")
 	if err != nil {
 		return err
 	}
 	defer closeConn(publishConn)
 
-	if err := topology.Apply(publishConn, topology.For(e.cfg)); err != nil {
+	if err := topology.Apply(publishConn, topology.For(cfg)); err != nil {
 		if isPermanent(err) {
 			return &FatalError{err}
 		}
@@ -173,9 +211,30 @@ func (e *Engine) session(ctx, hard context.Context, onUp func()) error {
 
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	done := make(chan error, len(e.subs))
-	for _, s := range e.subs {
-		go func() { done <- s.run(sctx, hard, sess, e.PublishTimeout) }()
+	failed := make(chan error, 1)
+	running := map[string]*runningSub{}
+	start := func(s *subscriber) {
+		rctx, stop := context.WithCancel(sctx)
+		r := &runningSub{stop: stop, done: make(chan struct{})}
+		go func() {
+			defer close(r.done)
+			if err := s.run(rctx, hard, sess, e.PublishTimeout); err != nil && rctx.Err() == nil {
+				select {
+				case failed <- err:
+				default: // the session is ending already
+				}
+			}
+		}()
+		running[s.name] = r
+	}
+	defer func() {
+		cancel()
+		for _, r := range running {
+			<-r.done
+		}
+	}()
+	for _, s := range subs {
+		start(s)
 	}
 	sampled := make(chan struct{})
 	go func() {
@@ -185,33 +244,126 @@ func (e *Engine) session(ctx, hard context.Context, onUp func()) error {
 	defer func() { <-sampled }()
 	onUp()
 
-	running := len(e.subs)
-	var cause error
-	for cause == nil && ctx.Err() == nil {
+	for {
 		select {
 		case <-ctx.Done():
+			return nil
 		case err := <-consumeClosed:
-			cause = fmt.Errorf("consuming connection closed: %w", closedErr(err))
+			return fmt.Errorf("consuming connection closed: %w", closedErr(err))
 		case err := <-publishClosed:
-			cause = fmt.Errorf("publishing connection closed: %w", closedErr(err))
+			return fmt.Errorf("publishing connection closed: %w", closedErr(err))
 		case b := <-blocked:
 			// Publishes would hang: stop taking deliveries until the
 			// broker recovers; the next session waits for it.
 			if b.Active {
-				cause = fmt.Errorf("broker blocked publishing (%s)", b.Reason)
+				return fmt.Errorf("broker blocked publishing (%s)", b.Reason)
 			}
-		case err := <-done:
-			running--
-			cause = err
+		case err := <-failed:
+			return err
+		case next := <-e.reloads:
+			if err := e.reload(publishConn, running, start, next); err != nil {
+				return err
+			}
 		}
 	}
-	cancel()
-	for ; running > 0; running-- {
-		if err := <-done; cause == nil {
-			cause = err
+}
+
+// runningSub is a subscriber at work in a session.
+type runningSub struct {
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+// plan pairs each subscription of cfg with the subscriber to run it: the
+// current one when nothing about it changed and it is not paused, else a
+// new one.
+func (e *Engine) plan(cfg *config.Config) []*subscriber {
+	_, old := e.current()
+	byName := make(map[string]*subscriber, len(old))
+	for _, s := range old {
+		byName[s.name] = s
+	}
+	subs := make([]*subscriber, 0, len(cfg.Subscriptions))
+	for _, sc := range cfg.Subscriptions {
+		if s, ok := byName[sc.Name]; ok && reflect.DeepEqual(s.opts, sc) && !s.paused.Load() {
+			subs = append(subs, s)
+			continue
+		}
+		subs = append(subs, e.newSubscriber(cfg, sc))
+	}
+	return subs
+}
+
+// swap makes cfg and subs current and forgets removed subscriptions'
+// metrics.
+func (e *Engine) swap(cfg *config.Config, subs []*subscriber) {
+	e.mu.Lock()
+	old := e.subs
+	e.cfg, e.subs = cfg, subs
+	e.mu.Unlock()
+	for _, s := range old {
+		if _, ok := cfg.Subscription(s.name); !ok {
+			e.metrics.Forget(s.name)
 		}
 	}
-	return cause
+}
+
+// reload applies next inside a running session: stop (after draining)
+// what was removed or changed, declare what is new, start it.
+func (e *Engine) reload(conn *amqp.Connection, running map[string]*runningSub, start func(*subscriber), next *config.Config) error {
+	cur, old := e.current()
+	subs := e.plan(next)
+	if !reflect.DeepEqual(cur.Broker, next.Broker) {
+		e.swap(next, subs)
+		return errReload
+	}
+	keep := make(map[*subscriber]bool, len(subs))
+	for _, s := range subs {
+		keep[s] = true
+	}
+	for _, s := range old {
+		if keep[s] {
+			continue
+		}
+		running[s.name].stop()
+		<-running[s.name].done
+		delete(running, s.name)
+		sc, still := next.Subscription(s.name)
+		gone := s.opts.Events
+		if still {
+			gone = slices.DeleteFunc(slices.Clone(gone), func(p string) bool { return slices.Contains(sc.Events, p) })
+		} else {
+			e.log.Warn("subscription removed: stopped after draining; its queues are kept and unbound, delete them once empty",
+				"subscription", s.name, "queue", s.work)
+		}
+		// Stop routing new events to patterns no longer configured.
+		if err := topology.Unbind(conn, cur.Broker.Exchange, s.work, gone); err != nil {
+			return err
+		}
+	}
+	if err := topology.Apply(conn, topology.For(next)); err != nil {
+		if isPermanent(err) {
+			e.log.Error("reload could not declare the new topology; restarting the session", logging.Err(err))
+		}
+		return err
+	}
+	e.swap(next, subs)
+	for _, s := range subs {
+		if _, ok := running[s.name]; !ok {
+			start(s)
+		}
+	}
+	if next.Server != cur.Server {
+		e.log.Warn("server settings take effect on restart")
+	}
+	e.log.Info("config reloaded", "subscriptions", len(subs))
+	return nil
+}
+
+func (e *Engine) current() (*config.Config, []*subscriber) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.cfg, e.subs
 }
 
 // Connected reports whether a broker session is up, and the last error.
@@ -258,7 +410,8 @@ func (e *Engine) sampleDepths(ctx context.Context, conn *amqp.Connection) {
 		return q.Messages
 	}
 	for {
-		for _, s := range e.subs {
+		_, subs := e.current()
+		for _, s := range subs {
 			retry := 0
 			for _, q := range s.tiers {
 				retry += depth(q)
@@ -277,8 +430,9 @@ func (e *Engine) sampleDepths(ctx context.Context, conn *amqp.Connection) {
 
 // SubscriptionStates maps each subscription to what it is doing.
 func (e *Engine) SubscriptionStates() map[string]string {
-	states := make(map[string]string, len(e.subs))
-	for _, s := range e.subs {
+	_, subs := e.current()
+	states := make(map[string]string, len(subs))
+	for _, s := range subs {
 		states[s.name] = s.State()
 	}
 	return states

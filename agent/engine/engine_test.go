@@ -23,7 +23,7 @@ import (
 const testSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 // start runs an engine on cfg until the test ends.
-func start(t *testing.T, cfg *config.Config) {
+func start(t *testing.T, cfg *config.Config) *engine.Engine {
 	t.Helper()
 	e := engine.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), metrics.New())
 	e.MinBackoff = 50 * time.Millisecond
@@ -36,6 +36,7 @@ func start(t *testing.T, cfg *config.Config) {
 			t.Errorf("engine stopped with: %v", err)
 		}
 	})
+	return e
 }
 
 func secret(t *testing.T) config.Secret {

@@ -17,6 +17,7 @@ import (
 	"github.com/warren-hq/warren/agent/logging"
 	"github.com/warren-hq/warren/agent/metrics"
 	"github.com/warren-hq/warren/config"
+	"golang.org/x/time/rate"
 )
 
 // Subscription states, as /readyz shows them.
@@ -40,9 +41,11 @@ type subscriber struct {
 	log      *slog.Logger
 	metrics  *metrics.Subscription
 
-	state  atomic.Value // string
-	paused atomic.Bool
-	pause  chan struct{} // a 410 asks the consume loop to stop
+	state   atomic.Value // string
+	paused  atomic.Bool
+	pause   chan struct{} // a 410 asks the consume loop to stop
+	breaker *breaker
+	limiter *rate.Limiter // nil: unlimited
 }
 
 func newSubscriber(cfg *config.Config, s config.Subscription, userAgent string, seen *dedup.Window, log *slog.Logger, m *metrics.Subscription) *subscriber {
@@ -62,6 +65,10 @@ func newSubscriber(cfg *config.Config, s config.Subscription, userAgent string, 
 	for _, d := range s.Tiers() {
 		sub.tiers[d] = cfg.RetryQueue(s, d)
 	}
+	sub.breaker = newBreaker(s.CircuitBreaker.Failures, s.CircuitBreaker.Cooldown, sub.log, m)
+	if s.RateLimit > 0 {
+		sub.limiter = rate.NewLimiter(rate.Limit(s.RateLimit), 1)
+	}
 	sub.state.Store(StateStarting)
 	return sub
 }
@@ -69,24 +76,57 @@ func newSubscriber(cfg *config.Config, s config.Subscription, userAgent string, 
 // State is what the subscription is doing now.
 func (s *subscriber) State() string { return s.state.Load().(string) }
 
-// run consumes until ctx ends or the channel fails. Before returning it
-// stops the consumer, requeues what was prefetched but not started, and
-// waits for in-flight attempts (hard cuts them short on shutdown).
+// run consumes until ctx ends or the channel fails, stopping and
+// restarting the consumer as the subscription pauses or its circuit opens.
 func (s *subscriber) run(ctx, hard context.Context, sess *session, publishTimeout time.Duration) error {
-	if s.paused.Load() {
-		<-ctx.Done()
-		return nil
-	}
 	ch, err := sess.consume.Channel()
 	if err != nil {
 		return fmt.Errorf("subscription %s: open channel: %w", s.name, err)
 	}
 	defer ch.Close()
-	if err := ch.Qos(s.opts.EffectivePrefetch(), 0, false); err != nil {
-		return fmt.Errorf("subscription %s: set prefetch: %w", s.name, err)
-	}
 	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
 	cancelled := ch.NotifyCancel(make(chan string, 1))
+	for {
+		probe := false
+		switch {
+		case s.paused.Load():
+			s.state.Store(StatePaused)
+			<-ctx.Done()
+			return nil
+		case s.breaker.current() == open:
+			s.state.Store(StateCircuitOpen)
+			select {
+			case <-ctx.Done():
+				return nil
+			case err := <-closed:
+				return fmt.Errorf("subscription %s: channel closed: %w", s.name, closedErr(err))
+			case <-time.After(s.breaker.cooldown):
+			}
+			s.breaker.probe()
+			probe = true
+		case s.breaker.current() == halfOpen:
+			probe = true
+		}
+		if err := s.consume(ctx, hard, sess, ch, closed, cancelled, probe, publishTimeout); err != nil || ctx.Err() != nil {
+			return err
+		}
+	}
+}
+
+// consume runs one consumer until ctx ends, the channel fails, or the
+// subscription's state changes (paused, circuit opened or closed). Before
+// returning it stops the consumer, requeues what was prefetched but not
+// started, and waits for in-flight attempts (hard cuts them short on
+// shutdown). A probe consumes one message at a time.
+func (s *subscriber) consume(ctx, hard context.Context, sess *session, ch *amqp.Channel,
+	closed <-chan *amqp.Error, cancelled <-chan string, probe bool, publishTimeout time.Duration) error {
+	prefetch, workers := s.opts.EffectivePrefetch(), s.opts.Concurrency
+	if probe {
+		prefetch, workers = 1, 1
+	}
+	if err := ch.Qos(prefetch, 0, false); err != nil {
+		return fmt.Errorf("subscription %s: set prefetch: %w", s.name, err)
+	}
 	tag := "warren." + s.name
 	deliveries, err := ch.Consume(s.work, tag,
 		false, // auto-ack: no, ack after the outcome is safe
@@ -97,12 +137,16 @@ func (s *subscriber) run(ctx, hard context.Context, sess *session, publishTimeou
 	if err != nil {
 		return fmt.Errorf("subscription %s: consume %s: %w", s.name, s.work, err)
 	}
-	s.state.Store(StateConsuming)
+	if probe {
+		s.state.Store(StateCircuitHalfOpen)
+	} else {
+		s.state.Store(StateConsuming)
+	}
 
 	var stopping atomic.Bool
-	var workers sync.WaitGroup
-	for range s.opts.Concurrency {
-		workers.Go(func() {
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
 			for d := range deliveries {
 				if stopping.Load() || s.paused.Load() {
 					// Prefetched but not started: back to the queue as is.
@@ -116,7 +160,7 @@ func (s *subscriber) run(ctx, hard context.Context, sess *session, publishTimeou
 	stop := func() {
 		stopping.Store(true)
 		_ = ch.Cancel(tag, false) // deliveries closes once the buffer is drained
-		workers.Wait()
+		wg.Wait()
 	}
 
 	select {
@@ -125,13 +169,14 @@ func (s *subscriber) run(ctx, hard context.Context, sess *session, publishTimeou
 		return nil
 	case <-s.pause:
 		stop()
-		s.state.Store(StatePaused)
 		s.log.Error("subscription paused: the endpoint answered 410 Gone; reload or restart to resume")
-		<-ctx.Done()
+		return nil
+	case <-s.breaker.changed:
+		stop()
 		return nil
 	case err := <-closed:
 		stopping.Store(true)
-		workers.Wait()
+		wg.Wait()
 		return fmt.Errorf("subscription %s: channel closed: %w", s.name, closedErr(err))
 	case <-cancelled:
 		stop()
@@ -153,6 +198,13 @@ func (s *subscriber) handle(hard context.Context, sess *session, d *amqp.Deliver
 		return
 	}
 
+	if s.limiter != nil {
+		if err := s.limiter.Wait(hard); err != nil {
+			nack(d, log) // shutting down
+			return
+		}
+		now = time.Now()
+	}
 	s.metrics.InFlight.Inc()
 	res := s.client.Send(hard, s.endpoint, &ev, now)
 	s.metrics.InFlight.Dec()
@@ -166,6 +218,7 @@ func (s *subscriber) handle(hard context.Context, sess *session, d *amqp.Deliver
 		s.metrics.Latency.Observe(res.Duration.Seconds())
 	}
 	dec := delivery.Decide(res, ev.Attempt, s.opts.Retry)
+	s.breaker.record(dec.Action == delivery.Ack || !dec.EndpointFailed)
 	if dec.Action == delivery.Ack {
 		s.seen.Add(dedupKey)
 		ack(d, log)
