@@ -169,6 +169,9 @@ type session struct {
 	// abort closes the publishing connection, ending the session: used when
 	// a publish hangs (a blocked broker).
 	abort func()
+	// operatorExchange receives operator events; "" when they are off.
+	operatorExchange string
+	log              *slog.Logger
 }
 
 func (e *Engine) session(ctx, hard context.Context, onUp func()) error {
@@ -207,6 +210,10 @@ func (e *Engine) session(ctx, hard context.Context, onUp func()) error {
 		consume:   consumeConn,
 		publisher: publisher,
 		abort:     func() { closeConn(publishConn) },
+		log:       e.log,
+	}
+	if cfg.Broker.OperatorEvents {
+		sess.operatorExchange = cfg.Broker.Exchange
 	}
 
 	sctx, cancel := context.WithCancel(ctx)
@@ -261,7 +268,7 @@ func (e *Engine) session(ctx, hard context.Context, onUp func()) error {
 		case err := <-failed:
 			return err
 		case next := <-e.reloads:
-			if err := e.reload(publishConn, running, start, next); err != nil {
+			if err := e.reload(sess, publishConn, running, start, next); err != nil {
 				return err
 			}
 		}
@@ -310,7 +317,7 @@ func (e *Engine) swap(cfg *config.Config, subs []*subscriber) {
 
 // reload applies next inside a running session: stop (after draining)
 // what was removed or changed, declare what is new, start it.
-func (e *Engine) reload(conn *amqp.Connection, running map[string]*runningSub, start func(*subscriber), next *config.Config) error {
+func (e *Engine) reload(sess *session, conn *amqp.Connection, running map[string]*runningSub, start func(*subscriber), next *config.Config) error {
 	cur, old := e.current()
 	subs := e.plan(next)
 	if !reflect.DeepEqual(cur.Broker, next.Broker) {
@@ -329,6 +336,10 @@ func (e *Engine) reload(conn *amqp.Connection, running map[string]*runningSub, s
 		<-running[s.name].done
 		delete(running, s.name)
 		sc, still := next.Subscription(s.name)
+		if still && s.paused.Load() {
+			e.log.Info("subscription resumed by reload", "subscription", s.name)
+			sess.announce(KeyResumed, OperatorEvent{Subscription: s.name, At: time.Now().UTC()})
+		}
 		gone := s.opts.Events
 		if still {
 			gone = slices.DeleteFunc(slices.Clone(gone), func(p string) bool { return slices.Contains(sc.Events, p) })

@@ -70,6 +70,8 @@ func newSubscriber(cfg *config.Config, s config.Subscription, userAgent string, 
 		sub.limiter = rate.NewLimiter(rate.Limit(s.RateLimit), 1)
 	}
 	sub.state.Store(StateStarting)
+	m.Paused.Set(0)
+	m.CircuitOpen.Set(0)
 	return sub
 }
 
@@ -250,7 +252,10 @@ func (s *subscriber) handle(hard context.Context, sess *session, d *amqp.Deliver
 		return
 	}
 	ack(d, log)
-	attrs := []any{"status", res.Status, "duration_ms", res.Duration.Milliseconds(), logging.Err(res.Err)}
+	attrs := []any{"status", res.Status, "duration_ms", res.Duration.Milliseconds()}
+	if dec.Reason != res.Err.Error() {
+		attrs = append(attrs, logging.Err(res.Err))
+	}
 	if dec.Action == delivery.Retry {
 		s.metrics.Retried.Inc()
 		log.Warn("retry scheduled", append(attrs, "delay", dec.Delay.String())...)
@@ -258,9 +263,14 @@ func (s *subscriber) handle(hard context.Context, sess *session, d *amqp.Deliver
 	}
 	s.metrics.Parked.Inc()
 	log.Error("parked", append(attrs, "reason", dec.Reason, "queue", s.dead)...)
+	sess.announce(KeyParked, OperatorEvent{
+		Subscription: s.name, EventID: ev.ID, Type: ev.Type, Attempts: ev.Attempt,
+		LastStatus: res.Status, Reason: lastErr, At: now.UTC(),
+	})
 	if dec.Pause && !s.paused.Swap(true) {
 		s.metrics.Paused.Set(1)
 		s.pause <- struct{}{}
+		sess.announce(KeyPaused, OperatorEvent{Subscription: s.name, Reason: dec.Reason, At: now.UTC()})
 	}
 }
 

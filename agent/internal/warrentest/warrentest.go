@@ -68,6 +68,13 @@ func Subscription(cfg config.Config, s config.Subscription) config.Subscription 
 	return s
 }
 
+// CleanupLater deletes cfg's queues when the test ends: for configs a test
+// derives from one made by Config, such as a reloaded one.
+func CleanupLater(t testing.TB, cfg *config.Config) {
+	conn := brokertest.Dial(t)
+	t.Cleanup(func() { Cleanup(t, conn, cfg) })
+}
+
 // Cleanup deletes the queues and exchange of cfg.
 func Cleanup(t testing.TB, conn *amqp.Connection, cfg *config.Config) {
 	ch, err := conn.Channel()
