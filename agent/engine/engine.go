@@ -248,7 +248,7 @@ func (e *Engine) session(ctx, hard context.Context, onUp func()) error {
 		defer close(sampled)
 		e.sampleDepths(sctx, publishConn)
 	}()
-	defer func() { <-sampled }()
+	defer func() { cancel(); <-sampled }()
 	onUp()
 
 	for {
