@@ -18,6 +18,8 @@ func (a *app) deadCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "dead",
 		Short: "List, replay or purge parked messages",
+		Args:  cobra.ArbitraryArgs,
+		RunE:  groupRunE("subcommand"),
 	}
 	var limit int
 	sub := func(use, short string, run func(ctx context.Context, cfg *config.Config, s config.Subscription, conn *amqp.Connection) error) *cobra.Command {
@@ -106,9 +108,12 @@ func (a *app) deadList(queue string, conn *amqp.Connection, limit int) error {
 		count++
 		return nil // left unacked: closing the channel puts it back
 	})
+	if err != nil {
+		return err
+	}
 	w.Flush()
 	fmt.Fprintf(a.env.Stdout, "%d parked message(s) listed from %s\n", count, queue)
-	return err
+	return nil
 }
 
 func (a *app) deadReplay(ctx context.Context, dead, work string, conn *amqp.Connection, limit int) error {
@@ -133,7 +138,10 @@ func (a *app) deadReplay(ctx context.Context, dead, work string, conn *amqp.Conn
 		count++
 		return d.Ack(false)
 	})
-	fmt.Fprintf(a.env.Stdout, "replayed %d message(s) from %s to %s\n", count, dead, work)
+	if count > 0 || err == nil {
+		// Say what moved even when a later message failed.
+		fmt.Fprintf(a.env.Stdout, "replayed %d message(s) from %s to %s\n", count, dead, work)
+	}
 	return err
 }
 
@@ -143,6 +151,8 @@ func (a *app) deadPurge(queue string, conn *amqp.Connection, limit int) error {
 		count++
 		return d.Ack(false)
 	})
-	fmt.Fprintf(a.env.Stdout, "purged %d message(s) from %s\n", count, queue)
+	if count > 0 || err == nil {
+		fmt.Fprintf(a.env.Stdout, "purged %d message(s) from %s\n", count, queue)
+	}
 	return err
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -95,6 +96,8 @@ func (a *app) rootCommand() *cobra.Command {
 		},
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.Args = cobra.ArbitraryArgs // so an unknown command reaches RunE
+	root.RunE = groupRunE("COMMAND")
 	flags := root.PersistentFlags()
 	flags.StringVar(&a.logFormat, "log-format", logging.FormatAuto, "log format: auto (text on a terminal, JSON otherwise), text or json")
 	flags.StringVar(&a.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -126,7 +129,24 @@ func (a *app) loadConfig() (*config.Config, error) {
 	if path == "" {
 		path = "warren.yaml"
 	}
-	return config.Load(path)
+	cfg, err := config.Load(path)
+	var cfgErr *config.Error
+	if err != nil && !errors.As(err, &cfgErr) {
+		// A missing or unreadable file is bad usage too.
+		return nil, usageError{err}
+	}
+	return cfg, err
+}
+
+// groupRunE serves a command that only groups others: without arguments
+// it prints help, with one it names the unknown subcommand.
+func groupRunE(what string) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return cmd.Help()
+		}
+		return usagef("unknown %s %q for %q (see %s --help)", strings.ToLower(what), args[0], cmd.CommandPath(), cmd.CommandPath())
+	}
 }
 
 // exactArgs is cobra.ExactArgs with a usage error.
