@@ -134,13 +134,20 @@ func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.
 	pp := &pendingPublish{messageID: msg.MessageId, result: make(chan error, 1)}
 
 	p.publishMu.Lock()
+	// Read the sequence number before taking p.mu, never under it: while
+	// amqp091 hands confirms it had held back for ordering to p.read
+	// (confirms.resequence), its reader goroutine holds the lock that
+	// GetNextPublishSeqNo takes, and p.read needs p.mu to settle them.
+	// Holding p.mu here deadlocked the channel and, with its reader stuck,
+	// the whole publishing connection. publishMu keeps seq valid until the
+	// publish below.
+	seq := p.ch.GetNextPublishSeqNo()
 	p.mu.Lock()
 	if p.closed != nil {
 		p.mu.Unlock()
 		p.publishMu.Unlock()
 		return fmt.Errorf("%w: %v", ErrNotConfirmed, p.closed)
 	}
-	seq := p.ch.GetNextPublishSeqNo()
 	p.pending[seq] = pp
 	p.mu.Unlock()
 	err := p.ch.PublishWithContext(ctx, exchange, key,

@@ -372,7 +372,7 @@ func TestTopologyApplyIsIdempotentAndRoutes(t *testing.T) {
 	warrentest.Publish(t, cfg, "payment", warrentest.JSON("evt_t3", `{}`))             // orders
 	warrentest.Publish(t, cfg, "invoice.refunded", warrentest.JSON("evt_t4", `{}`))    // audit
 	warrentest.Publish(t, cfg, "order.refunded", warrentest.JSON("evt_t5", `{}`))      // both
-	warrentest.Publish(t, cfg, "user.signup", warrentest.JSON("evt_t6", `{}`))         // none
+	warrentest.PublishUnroutable(t, cfg, "user.signup", warrentest.JSON("evt_t6", `{}`))
 	warrentest.WaitDepth(t, orders, 4, 10*time.Second)
 	warrentest.WaitDepth(t, audit, 2, 10*time.Second)
 	for _, q := range planned {

@@ -80,7 +80,7 @@ subscriptions:
 	}
 	reload <- struct{}{}
 	waitLog(t, &stderr, "subscription removed")
-	warrentest.Publish(t, cfg, "a.3", warrentest.JSON("evt_a3", `{}`))
+	warrentest.PublishUnroutable(t, cfg, "a.3", warrentest.JSON("evt_a3", `{}`))
 	warrentest.Publish(t, cfg, "b.y", warrentest.JSON("evt_b2", `{}`))
 	second.WaitFor(t, 10*time.Second, "delivery after removal", func(r []warrentest.Request) bool { return len(r) == 2 })
 	if n := len(first.Requests()); n != 2 {

@@ -101,22 +101,31 @@ func (e *Engine) Run(ctx context.Context) error {
 		time.AfterFunc(cfg.Server.ShutdownGrace, stopHard)
 	})
 	defer stopTimer()
+	// Idle keep-alive connections to the endpoints (two goroutines and a
+	// socket each) would otherwise outlive Run until the transport's idle
+	// timeout.
+	defer func() {
+		_, subs := e.current()
+		for _, s := range subs {
+			s.client.Close()
+		}
+	}()
 
 	backoff := e.MinBackoff
-	down := false
+	down, connectedBefore := false, false
 	for {
 		up := false
 		err := e.session(ctx, hard, func() {
 			up = true
 			backoff = e.MinBackoff
 			e.setConnected(true, nil)
-			if down {
+			if connectedBefore && down {
 				e.log.Info("broker connection restored")
-			} else {
+			} else if !connectedBefore {
 				cfg, subs := e.current()
 				e.log.Info("connected to broker", "url", cfg.Broker.RedactedURL(), "subscriptions", len(subs))
 			}
-			down = false
+			down, connectedBefore = false, true
 		})
 		e.setConnected(false, err)
 		if ctx.Err() != nil {
@@ -303,12 +312,17 @@ func (e *Engine) plan(cfg *config.Config) []*subscriber {
 
 // swap makes cfg and subs current and forgets removed subscriptions'
 // metrics.
+// Replaced subscribers must have stopped.
 func (e *Engine) swap(cfg *config.Config, subs []*subscriber) {
 	e.mu.Lock()
 	old := e.subs
 	e.cfg, e.subs = cfg, subs
 	e.mu.Unlock()
 	for _, s := range old {
+		if slices.Contains(subs, s) {
+			continue
+		}
+		s.client.Close()
 		if _, ok := cfg.Subscription(s.name); !ok {
 			e.metrics.Forget(s.name)
 		}

@@ -173,8 +173,27 @@ func (rc *Receiver) WaitFor(t testing.TB, timeout time.Duration, what string, co
 	}
 }
 
-// Publish publishes events to cfg's exchange with confirms.
+// Publish publishes events to cfg's exchange with confirms, failing the
+// test if one is unroutable.
 func Publish(t testing.TB, cfg *config.Config, key string, msgs ...amqp.Publishing) {
+	t.Helper()
+	if n := publish(t, cfg, key, msgs); n > 0 {
+		t.Fatalf("%d publish(es) with key %q were unroutable: no queue is bound", n, key)
+	}
+}
+
+// PublishUnroutable publishes msg and fails the test unless the broker
+// returned it as unroutable: no queue is bound for key.
+func PublishUnroutable(t testing.TB, cfg *config.Config, key string, msg amqp.Publishing) {
+	t.Helper()
+	if publish(t, cfg, key, []amqp.Publishing{msg}) != 1 {
+		t.Fatalf("publish with key %q reached a queue, want it unroutable", key)
+	}
+}
+
+// publish sends msgs mandatory with confirms and returns how many came back
+// unroutable.
+func publish(t testing.TB, cfg *config.Config, key string, msgs []amqp.Publishing) int {
 	t.Helper()
 	ch, err := brokertest.Dial(t).Channel()
 	if err != nil {
@@ -184,6 +203,9 @@ func Publish(t testing.TB, cfg *config.Config, key string, msgs ...amqp.Publishi
 	if err := ch.Confirm(false); err != nil {
 		t.Fatal(err)
 	}
+	// A return arrives before the ack of its message: once every publish is
+	// confirmed, every return is in this channel.
+	returns := ch.NotifyReturn(make(chan amqp.Return, len(msgs)))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var confirms []*amqp.DeferredConfirmation
@@ -201,6 +223,7 @@ func Publish(t testing.TB, cfg *config.Config, key string, msgs ...amqp.Publishi
 			t.Fatalf("publish not confirmed: %v", err)
 		}
 	}
+	return len(returns)
 }
 
 // JSON returns a persistent JSON event with the given id and body.
