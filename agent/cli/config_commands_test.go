@@ -379,7 +379,7 @@ func TestTopologyApplyIsIdempotentAndRoutes(t *testing.T) {
 		if q.name == orders || q.name == audit {
 			continue
 		}
-		if n := depth(t, conn, q.name); n != 0 {
+		if n := warrentest.DepthOn(t, conn, q.name); n != 0 {
 			t.Errorf("queue %s holds %d messages, want 0: only work queues are bound", q.name, n)
 		}
 	}

@@ -76,7 +76,7 @@ func TestDeadListReplayPurge(t *testing.T) {
 		t.Errorf("stdout lacks the count of %d", n)
 	}
 	warrentest.WaitDepth(t, dead, n, 10*time.Second)
-	if got := depth(t, conn, work); got != 0 {
+	if got := warrentest.DepthOn(t, conn, work); got != 0 {
 		t.Errorf("work queue holds %d after list, want 0", got)
 	}
 
@@ -123,7 +123,7 @@ func TestDeadListReplayPurge(t *testing.T) {
 	if got := len(rc.Requests()) - before; got != 1 {
 		t.Errorf("receiver got %d requests after replay, want 1", got)
 	}
-	if got := depth(t, conn, dead); got != n-1 {
+	if got := warrentest.DepthOn(t, conn, dead); got != n-1 {
 		t.Errorf("dead queue holds %d, want %d", got, n-1)
 	}
 
@@ -134,7 +134,7 @@ func TestDeadListReplayPurge(t *testing.T) {
 		t.Errorf("stdout = %q, want purged %d message(s)", r.stdout, n-1)
 	}
 	warrentest.WaitDepth(t, dead, 0, 10*time.Second)
-	if got := depth(t, conn, work); got != 0 {
+	if got := warrentest.DepthOn(t, conn, work); got != 0 {
 		t.Errorf("work queue holds %d after purge, want 0", got)
 	}
 }

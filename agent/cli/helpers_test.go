@@ -160,21 +160,6 @@ func startEngine(t *testing.T, cfg *config.Config) (stop func()) {
 	return stop
 }
 
-// depth returns the ready messages in queue, on conn.
-func depth(t *testing.T, conn *amqp.Connection, queue string) int {
-	t.Helper()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ch.Close()
-	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
-	if err != nil {
-		t.Fatalf("inspect queue %s: %v", queue, err)
-	}
-	return q.Messages
-}
-
 // peek gets the first message of queue and puts it back (by closing the
 // channel without settling it).
 func peek(t *testing.T, conn *amqp.Connection, queue string) amqp.Delivery {

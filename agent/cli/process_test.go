@@ -250,7 +250,7 @@ subscriptions:
 	empty := 0
 	waitUntil(t, 30*time.Second, "every queue empty", func() bool {
 		for _, q := range queues {
-			if depth(t, conn, q) != 0 {
+			if warrentest.DepthOn(t, conn, q) != 0 {
 				empty = 0
 				return false
 			}
@@ -263,7 +263,7 @@ subscriptions:
 		t.Errorf("second warren exited %d after SIGTERM, want 0", code)
 	}
 	for _, q := range queues {
-		if n := depth(t, conn, q); n != 0 {
+		if n := warrentest.DepthOn(t, conn, q); n != 0 {
 			t.Errorf("queue %s holds %d messages after the run, want 0", q, n)
 		}
 	}
@@ -347,7 +347,7 @@ subscriptions:
 		if q == cfg.WorkQueue(s) {
 			continue
 		}
-		if n := depth(t, conn, q); n != 0 {
+		if n := warrentest.DepthOn(t, conn, q); n != 0 {
 			t.Errorf("queue %s holds %d messages, want 0", q, n)
 		}
 	}
@@ -411,7 +411,7 @@ subscriptions:
 		if q == cfg.WorkQueue(s) {
 			continue
 		}
-		if n := depth(t, conn, q); n != 0 {
+		if n := warrentest.DepthOn(t, conn, q); n != 0 {
 			t.Errorf("queue %s holds %d messages, want 0: a cut attempt is not a failure", q, n)
 		}
 	}

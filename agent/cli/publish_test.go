@@ -101,7 +101,7 @@ func TestPublish(t *testing.T) {
 		if r.stdout != "" {
 			t.Errorf("stdout = %q, want nothing: the event was not stored", r.stdout)
 		}
-		if n := depth(t, conn, work); n != 0 {
+		if n := warrentest.DepthOn(t, conn, work); n != 0 {
 			t.Errorf("work queue holds %d messages, want 0", n)
 		}
 	})
@@ -111,7 +111,7 @@ func TestPublish(t *testing.T) {
 		if r.code == 0 {
 			t.Fatalf("exit 0 for a missing body file")
 		}
-		if n := depth(t, conn, work); n != 0 {
+		if n := warrentest.DepthOn(t, conn, work); n != 0 {
 			t.Errorf("work queue holds %d messages, want 0", n)
 		}
 	})

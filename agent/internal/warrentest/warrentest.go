@@ -234,10 +234,11 @@ func JSON(id, body string) amqp.Publishing {
 // Depth returns the number of ready messages in queue.
 func Depth(t testing.TB, queue string) int {
 	t.Helper()
-	return depth(t, brokertest.Dial(t), queue)
+	return DepthOn(t, brokertest.Dial(t), queue)
 }
 
-func depth(t testing.TB, conn *amqp.Connection, queue string) int {
+// DepthOn returns the number of ready messages in queue, asking on conn.
+func DepthOn(t testing.TB, conn *amqp.Connection, queue string) int {
 	t.Helper()
 	ch, err := conn.Channel()
 	if err != nil {
@@ -257,7 +258,7 @@ func WaitDepth(t testing.TB, queue string, want int, timeout time.Duration) {
 	conn := brokertest.Dial(t)
 	deadline := time.Now().Add(timeout)
 	for {
-		got := depth(t, conn, queue)
+		got := DepthOn(t, conn, queue)
 		if got == want {
 			return
 		}
