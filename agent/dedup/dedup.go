@@ -5,12 +5,15 @@ package dedup
 
 import "sync"
 
+// Key names one delivered event of one subscription.
+type Key struct{ Subscription, Event string }
+
 // Window is a fixed-size set that forgets its oldest entry first.
-// The zero Window (or one of size 0) remembers nothing.
+// A Window of size 0 remembers nothing.
 type Window struct {
 	mu   sync.Mutex
-	seen map[string]struct{}
-	ring []string
+	seen map[Key]struct{}
+	ring []Key
 	next int
 }
 
@@ -19,11 +22,11 @@ func New(size int) *Window {
 	if size <= 0 {
 		return &Window{}
 	}
-	return &Window{seen: make(map[string]struct{}, size), ring: make([]string, size)}
+	return &Window{seen: make(map[Key]struct{}, size), ring: make([]Key, size)}
 }
 
 // Contains reports whether key was added and not yet forgotten.
-func (w *Window) Contains(key string) bool {
+func (w *Window) Contains(key Key) bool {
 	if len(w.ring) == 0 {
 		return false
 	}
@@ -34,7 +37,7 @@ func (w *Window) Contains(key string) bool {
 }
 
 // Add remembers key, forgetting the oldest key when full.
-func (w *Window) Add(key string) {
+func (w *Window) Add(key Key) {
 	if len(w.ring) == 0 {
 		return
 	}
@@ -43,7 +46,7 @@ func (w *Window) Add(key string) {
 	if _, ok := w.seen[key]; ok {
 		return
 	}
-	if old := w.ring[w.next]; old != "" {
+	if old := w.ring[w.next]; old != (Key{}) {
 		delete(w.seen, old)
 	}
 	w.ring[w.next] = key

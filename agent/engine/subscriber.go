@@ -192,17 +192,16 @@ func (s *subscriber) consume(ctx, hard context.Context, sess *session, ch *amqp.
 func (s *subscriber) handle(hard context.Context, sess *session, d *amqp.Delivery, publishTimeout time.Duration) {
 	now := time.Now()
 	ev := event.FromDelivery(d, now)
-	log := s.log.With("event_id", ev.ID, "type", ev.Type, "attempt", ev.Attempt)
-	dedupKey := s.name + "\x00" + ev.ID
+	dedupKey := dedup.Key{Subscription: s.name, Event: ev.ID}
 	if s.seen.Contains(dedupKey) {
-		ack(d, log)
-		log.Debug("duplicate of an event already delivered; acked without sending")
+		ack(d, s.log)
+		s.logEvent(slog.LevelDebug, "duplicate of an event already delivered; acked without sending", &ev)
 		return
 	}
 
 	if s.limiter != nil {
 		if err := s.limiter.Wait(hard); err != nil {
-			nack(d, log) // shutting down
+			nack(d, s.log) // shutting down
 			return
 		}
 		now = time.Now()
@@ -212,8 +211,8 @@ func (s *subscriber) handle(hard context.Context, sess *session, d *amqp.Deliver
 	s.metrics.InFlight.Dec()
 	if res.Status == 0 && hard.Err() != nil {
 		s.metrics.Requeued.Inc()
-		nack(d, log)
-		log.Warn("attempt cut short by shutdown; requeued", "duration_ms", res.Duration.Milliseconds())
+		nack(d, s.log)
+		s.logEvent(slog.LevelWarn, "attempt cut short by shutdown; requeued", &ev, slog.Int64("duration_ms", res.Duration.Milliseconds()))
 		return
 	}
 	if !res.Invalid {
@@ -223,9 +222,9 @@ func (s *subscriber) handle(hard context.Context, sess *session, d *amqp.Deliver
 	s.breaker.record(dec.Action == delivery.Ack || !dec.EndpointFailed)
 	if dec.Action == delivery.Ack {
 		s.seen.Add(dedupKey)
-		ack(d, log)
+		ack(d, s.log)
 		s.metrics.Delivered.Inc()
-		log.Info("delivered", "status", res.Status, "duration_ms", res.Duration.Milliseconds())
+		s.logEvent(slog.LevelInfo, "delivered", &ev, slog.Int("status", res.Status), slog.Int64("duration_ms", res.Duration.Milliseconds()))
 		return
 	}
 
@@ -241,9 +240,9 @@ func (s *subscriber) handle(hard context.Context, sess *session, d *amqp.Deliver
 	err := sess.publisher.Publish(pctx, "", queue, msg)
 	cancel()
 	if err != nil {
-		nack(d, log)
+		nack(d, s.log)
 		s.metrics.Requeued.Inc()
-		log.Warn("could not store the "+dec.Action.String()+" copy; requeued the original", logging.Err(err))
+		s.logEvent(slog.LevelWarn, "could not store the "+dec.Action.String()+" copy; requeued the original", &ev, logging.Err(err))
 		if errors.Is(err, context.DeadlineExceeded) {
 			// A publish that hangs means a blocked or broken connection:
 			// end the session rather than hang every worker behind it.
@@ -251,18 +250,18 @@ func (s *subscriber) handle(hard context.Context, sess *session, d *amqp.Deliver
 		}
 		return
 	}
-	ack(d, log)
-	attrs := []any{"status", res.Status, "duration_ms", res.Duration.Milliseconds()}
+	ack(d, s.log)
+	attrs := []slog.Attr{slog.Int("status", res.Status), slog.Int64("duration_ms", res.Duration.Milliseconds())}
 	if dec.Reason != res.Err.Error() {
 		attrs = append(attrs, logging.Err(res.Err))
 	}
 	if dec.Action == delivery.Retry {
 		s.metrics.Retried.Inc()
-		log.Warn("retry scheduled", append(attrs, "delay", dec.Delay.String())...)
+		s.logEvent(slog.LevelWarn, "retry scheduled", &ev, append(attrs, slog.String("delay", dec.Delay.String()))...)
 		return
 	}
 	s.metrics.Parked.Inc()
-	log.Error("parked", append(attrs, "reason", dec.Reason, "queue", s.dead)...)
+	s.logEvent(slog.LevelError, "parked", &ev, append(attrs, slog.String("reason", dec.Reason), slog.String("queue", s.dead))...)
 	sess.announce(KeyParked, OperatorEvent{
 		Subscription: s.name, EventID: ev.ID, Type: ev.Type, Attempts: ev.Attempt,
 		LastStatus: res.Status, Reason: lastErr, At: now.UTC(),
@@ -272,6 +271,19 @@ func (s *subscriber) handle(hard context.Context, sess *session, d *amqp.Deliver
 		s.pause <- struct{}{}
 		sess.announce(KeyPaused, OperatorEvent{Subscription: s.name, Reason: dec.Reason, At: now.UTC()})
 	}
+}
+
+// logEvent logs one line about ev: the event's attributes are added here,
+// not with Logger.With, which would format them for every message even when
+// the line is not written.
+func (s *subscriber) logEvent(level slog.Level, msg string, ev *event.Event, attrs ...slog.Attr) {
+	ctx := context.Background()
+	if !s.log.Enabled(ctx, level) {
+		return
+	}
+	all := make([]slog.Attr, 0, 3+len(attrs))
+	all = append(all, slog.String("event_id", ev.ID), slog.String("type", ev.Type), slog.Int("attempt", ev.Attempt))
+	s.log.LogAttrs(ctx, level, msg, append(all, attrs...)...)
 }
 
 func ack(d *amqp.Delivery, log *slog.Logger) {
