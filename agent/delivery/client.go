@@ -37,11 +37,16 @@ type Client struct {
 // endpoint (its concurrency) and giving each attempt timeout.
 func NewClient(conns int, timeout time.Duration) *Client {
 	tr := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext,
-		ForceAttemptHTTP2:     true,
-		MaxIdleConns:          conns,
-		MaxIdleConnsPerHost:   conns,
+		Proxy:               http.ProxyFromEnvironment,
+		DialContext:         (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext,
+		ForceAttemptHTTP2:   true,
+		MaxIdleConns:        conns,
+		MaxIdleConnsPerHost: conns,
+		// No more connections than attempts in flight: without the cap, a
+		// worker whose last connection is not back in the pool yet (the
+		// transport returns it from its read loop) dials one more, and the
+		// endpoint sees connections opened and dropped at full load.
+		MaxConnsPerHost:       conns,
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   timeout,
 		ExpectContinueTimeout: time.Second,

@@ -1,0 +1,124 @@
+package event
+
+import (
+	"bytes"
+	"reflect"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+var published = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+// firstDelivery is a message as an application publishes it.
+func firstDelivery() *amqp.Delivery {
+	return &amqp.Delivery{
+		MessageId:   "evt_1",
+		RoutingKey:  "order.created",
+		Exchange:    "events",
+		Timestamp:   published,
+		ContentType: "application/json",
+		Headers:     amqp.Table{"api_version": "2024-01-01", "tenant": "eu"},
+		Body:        bytes.Repeat([]byte("x"), 256),
+	}
+}
+
+// retriedDelivery is a copy coming back from a retry tier.
+func retriedDelivery() *amqp.Delivery {
+	d := firstDelivery()
+	d.RoutingKey = "bench.retry.5s"
+	d.Exchange = ""
+	d.Headers = amqp.Table{
+		"api_version":         "2024-01-01",
+		"tenant":              "eu",
+		HeaderAttempt:         int32(2),
+		HeaderRoutingKey:      "order.created",
+		HeaderFirstAttemptAt:  "2026-01-02T03:04:06.123456789Z",
+		HeaderLastStatus:      int32(503),
+		HeaderLastError:       "HTTP 503",
+		"x-death":             []any{amqp.Table{"count": int64(1)}},
+		"x-first-death-queue": "q",
+		"x-last-death-reason": "expired",
+	}
+	return d
+}
+
+func TestFromDelivery(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 5, 0, 0, time.UTC)
+	ev := FromDelivery(retriedDelivery(), now)
+	want := Event{
+		ID: "evt_1", Type: "order.created", CreatedAt: published, Attempt: 3,
+		FirstAttemptAt: time.Date(2026, 1, 2, 3, 4, 6, 123456789, time.UTC),
+		ContentType:    "application/json", APIVersion: "2024-01-01", Body: retriedDelivery().Body,
+	}
+	if !reflect.DeepEqual(ev, want) {
+		t.Errorf("FromDelivery =\n%+v\nwant\n%+v", ev, want)
+	}
+
+	d := firstDelivery()
+	d.MessageId, d.Timestamp = "", time.Time{}
+	ev = FromDelivery(d, now)
+	if ev.Attempt != 1 || !ev.FirstAttemptAt.Equal(now) || !ev.CreatedAt.Equal(now) || ev.ID != ID("events", "order.created", time.Time{}, d.Body) {
+		t.Errorf("FromDelivery of a bare message = %+v", ev)
+	}
+}
+
+func TestCopy(t *testing.T) {
+	d := retriedDelivery()
+	d.Expiration = "60000"
+	d.Priority, d.CorrelationId, d.AppId = 3, "corr", "shop"
+	ev := FromDelivery(d, time.Now())
+	parked := time.Date(2026, 1, 2, 3, 6, 0, 500, time.UTC)
+	p := Copy(d, ev, Outcome{Status: 0, Error: "timeout"}, parked)
+	want := amqp.Table{
+		"api_version":        "2024-01-01",
+		"tenant":             "eu",
+		HeaderAttempt:        int32(3),
+		HeaderRoutingKey:     "order.created",
+		HeaderFirstAttemptAt: "2026-01-02T03:04:06.123456789Z",
+		HeaderLastStatus:     int32(0),
+		HeaderLastError:      "timeout",
+		HeaderParkedAt:       "2026-01-02T03:06:00.0000005Z",
+	}
+	if !reflect.DeepEqual(p.Headers, want) {
+		t.Errorf("headers =\n%v\nwant\n%v", p.Headers, want)
+	}
+	if p.Expiration != "" || p.MessageId != "evt_1" || p.DeliveryMode != amqp.Persistent || p.Priority != 3 ||
+		p.CorrelationId != "corr" || p.AppId != "shop" || !p.Timestamp.Equal(published) || !bytes.Equal(p.Body, d.Body) {
+		t.Errorf("properties = %+v", p)
+	}
+	if _, ok := d.Headers["x-death"]; !ok {
+		t.Error("Copy changed the delivery's headers")
+	}
+
+	retry := Copy(d, ev, Outcome{Status: 503, Error: "HTTP 503"}, time.Time{})
+	if _, ok := retry.Headers[HeaderParkedAt]; ok {
+		t.Error("a retry copy has warren-parked-at")
+	}
+}
+
+func BenchmarkFromDelivery(b *testing.B) {
+	now := time.Now()
+	for _, tc := range []struct {
+		name string
+		d    *amqp.Delivery
+	}{{"first", firstDelivery()}, {"retried", retriedDelivery()}} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				FromDelivery(tc.d, now)
+			}
+		})
+	}
+}
+
+func BenchmarkCopy(b *testing.B) {
+	d := firstDelivery()
+	ev := FromDelivery(d, time.Now())
+	o := Outcome{Status: 503, Error: "HTTP 503"}
+	b.ReportAllocs()
+	for b.Loop() {
+		Copy(d, ev, o, time.Time{})
+	}
+}
