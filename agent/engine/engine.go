@@ -82,6 +82,9 @@ func (e *Engine) Reload(cfg *config.Config) {
 // errReload ends a session so the next one starts on a new broker config.
 var errReload = errors.New("broker settings changed")
 
+// errBlocked ends a session whose publishing connection the broker blocked.
+var errBlocked = errors.New("broker blocked publishing")
+
 // FatalError stops the engine: retrying cannot fix it.
 type FatalError struct{ Err error }
 
@@ -112,12 +115,16 @@ func (e *Engine) Run(ctx context.Context) error {
 	}()
 
 	backoff := e.MinBackoff
-	down, connectedBefore := false, false
+	down, connectedBefore, blocked := false, false, false
 	for {
 		up := false
 		err := e.session(ctx, hard, func() {
 			up = true
-			backoff = e.MinBackoff
+			if !blocked {
+				// While the broker blocks publishers, each session ends
+				// as soon as it publishes: keep backing off instead.
+				backoff = e.MinBackoff
+			}
 			e.setConnected(true, nil)
 			if connectedBefore && down {
 				e.log.Info("broker connection restored")
@@ -139,7 +146,15 @@ func (e *Engine) Run(ctx context.Context) error {
 			e.log.Info("broker settings changed; reconnecting")
 			continue
 		}
-		if !down || up {
+		if errors.Is(err, errBlocked) {
+			if !blocked {
+				e.log.Warn("broker blocked publishing (memory or disk alarm): deliveries paused until it recovers", logging.Err(err))
+			} else {
+				e.log.Debug("broker still blocks publishing", logging.Err(err))
+			}
+			blocked = true
+		} else if !down || up {
+			blocked = false
 			if up {
 				e.log.Error("broker connection lost; reconnecting", logging.Err(err))
 			} else {
@@ -147,6 +162,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			}
 			down = true
 		} else {
+			blocked = false
 			e.log.Debug("reconnect failed", logging.Err(err))
 		}
 		// Full jitter around the doubling backoff keeps many agents from
@@ -218,7 +234,7 @@ func (e *Engine) session(ctx, hard context.Context, onUp func()) error {
 	sess := &session{
 		consume:   consumeConn,
 		publisher: publisher,
-		abort:     func() { closeConn(publishConn) },
+		abort:     func() { closeConnNow(publishConn) },
 		log:       e.log,
 	}
 	if cfg.Broker.OperatorEvents {
@@ -255,7 +271,8 @@ func (e *Engine) session(ctx, hard context.Context, onUp func()) error {
 	sampled := make(chan struct{})
 	go func() {
 		defer close(sampled)
-		e.sampleDepths(sctx, publishConn)
+		// On the consuming connection: the broker never blocks it.
+		e.sampleDepths(sctx, consumeConn)
 	}()
 	defer func() { cancel(); <-sampled }()
 	onUp()
@@ -269,10 +286,13 @@ func (e *Engine) session(ctx, hard context.Context, onUp func()) error {
 		case err := <-publishClosed:
 			return fmt.Errorf("publishing connection closed: %w", closedErr(err))
 		case b := <-blocked:
-			// Publishes would hang: stop taking deliveries until the
-			// broker recovers; the next session waits for it.
+			// Publishes would hang: stop taking deliveries. Closing the
+			// publishing connection at once fails the publishes waiting
+			// for a confirm, so their originals are requeued now; a
+			// blocked broker would never answer a polite close.
 			if b.Active {
-				return fmt.Errorf("broker blocked publishing (%s)", b.Reason)
+				closeConnNow(publishConn)
+				return fmt.Errorf("%w (%s)", errBlocked, b.Reason)
 			}
 		case err := <-failed:
 			return err
@@ -466,6 +486,12 @@ func (e *Engine) SubscriptionStates() map[string]string {
 func closeConn(c *amqp.Connection) {
 	// A blocked broker does not read: do not wait for close-ok forever.
 	_ = c.CloseDeadline(time.Now().Add(5 * time.Second))
+}
+
+// closeConnNow drops a connection that cannot be closed politely (blocked,
+// or a publish on it hangs).
+func closeConnNow(c *amqp.Connection) {
+	_ = c.CloseDeadline(time.Now().Add(100 * time.Millisecond))
 }
 
 func closedErr(err *amqp.Error) error {

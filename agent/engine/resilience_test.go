@@ -1077,3 +1077,107 @@ func TestBrokerDownAtStartup(t *testing.T) {
 	}
 	rsAssertEmpty(t, cfg, nil)
 }
+
+// TestBlockedBrokerStopsDeliveriesWithoutLoss raises a memory alarm so the
+// broker blocks publishers while every attempt needs a retry copy: the
+// engine must notice the block instead of hanging in a publish, take no
+// more deliveries meanwhile, and lose nothing; once the alarm clears every
+// event reaches its retry tier.
+func TestBlockedBrokerStopsDeliveriesWithoutLoss(t *testing.T) {
+	rsKeepBroker(t)
+	watermark := strings.TrimSpace(rsMustCtl(t, "-q", "eval", "vm_memory_monitor:get_vm_memory_high_watermark()."))
+	t.Cleanup(func() {
+		if _, err := rsCtl("set_vm_memory_high_watermark", watermark); err != nil {
+			t.Errorf("restore the memory watermark: %v", err)
+		}
+	})
+	ids := newRSIDs()
+	rc := warrentest.NewReceiver(t, func(_ int, r *http.Request) int {
+		ids.add(r)
+		return http.StatusServiceUnavailable
+	})
+	s := config.Subscription{Name: "blocked", URL: rc.URL, Events: []string{"#"}}
+	s.Retry.Delays = []time.Duration{time.Hour} // copies stay in the tier
+	cfg := rsConfig(t, s)
+	rsApply(t, cfg)
+	events := rsEvents(100, "evt_blocked")
+	rsPublish(t, cfg, "k", events)
+
+	rsMustCtl(t, "set_vm_memory_high_watermark", "0")
+	logs := newRSLogs()
+	e := engine.New(cfg, logs.logger(), metrics.New())
+	e.MinBackoff, e.MaxBackoff = 100*time.Millisecond, 500*time.Millisecond
+	e.PublishTimeout = 2 * time.Second
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("engine stopped with: %v", err)
+		}
+		if t.Failed() {
+			logs.dump(t, "blocked")
+		}
+	}()
+
+	rsWait(t, 30*time.Second, "the engine to notice the block", func() bool {
+		return logs.count("broker blocked publishing (memory or disk alarm): deliveries paused until it recovers") == 1
+	})
+	// While blocked, the engine takes at most a session's worth of
+	// deliveries at a time; they are requeued, not lost.
+	time.Sleep(2 * time.Second)
+	if n := ids.requests(); n > 10*cfg.Subscriptions[0].EffectivePrefetch() {
+		t.Errorf("endpoint got %d attempts while publishing was blocked, want deliveries held back", n)
+	}
+
+	rsMustCtl(t, "set_vm_memory_high_watermark", watermark)
+	tier := cfg.RetryQueue(cfg.Subscriptions[0], time.Hour)
+	work := cfg.WorkQueue(cfg.Subscriptions[0])
+	// A copy written while blocked may still land after its original was
+	// requeued (a duplicate, never a loss): the tier may hold more than 100.
+	rsWait(t, 60*time.Second, "every event in its retry tier", func() bool {
+		return len(rsMessageIDs(t, tier)) == len(events)
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("engine stopped with: %v", err)
+	}
+	done <- nil // for the deferred stop
+	if n := rsMustDepth(t, work); n != 0 {
+		t.Errorf("work queue holds %d, want 0", n)
+	}
+	inTier := rsMessageIDs(t, tier)
+	for _, m := range events {
+		if !inTier[m.MessageId] {
+			t.Errorf("event %s is in neither the work queue nor its retry tier", m.MessageId)
+		}
+	}
+	ids.check(t, events)
+}
+
+// rsMessageIDs reads the message ids in queue without consuming them.
+func rsMessageIDs(t *testing.T, queue string) map[string]bool {
+	t.Helper()
+	conn, err := rsDial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close() // puts every message back
+	ids := map[string]bool{}
+	for {
+		d, ok, err := ch.Get(queue, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			return ids
+		}
+		ids[d.MessageId] = true
+	}
+}
