@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,10 +15,8 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/warren-hq/warren/agent/cli"
-	"github.com/warren-hq/warren/agent/engine"
 	"github.com/warren-hq/warren/agent/internal/brokertest"
 	"github.com/warren-hq/warren/agent/internal/warrentest"
-	"github.com/warren-hq/warren/agent/metrics"
 	"github.com/warren-hq/warren/config"
 )
 
@@ -142,21 +139,7 @@ func writeFile(t *testing.T, name, data string) string {
 // ends.
 func startEngine(t *testing.T, cfg *config.Config) (stop func()) {
 	t.Helper()
-	e := engine.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), metrics.New())
-	e.MinBackoff = 50 * time.Millisecond
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.Run(ctx) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("engine stopped with: %v", err)
-			}
-		})
-	}
-	t.Cleanup(stop)
+	_, stop = warrentest.Start(t, cfg)
 	return stop
 }
 

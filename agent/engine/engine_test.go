@@ -25,17 +25,7 @@ const testSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 // start runs an engine on cfg until the test ends.
 func start(t *testing.T, cfg *config.Config) *engine.Engine {
 	t.Helper()
-	e := engine.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), metrics.New())
-	e.MinBackoff = 50 * time.Millisecond
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("engine stopped with: %v", err)
-		}
-	})
+	e, _ := warrentest.Start(t, cfg)
 	return e
 }
 
@@ -261,11 +251,7 @@ func TestParkAtOnce(t *testing.T) {
 func TestGonePausesSubscription(t *testing.T) {
 	rc := warrentest.NewReceiver(t, func(int, *http.Request) int { return http.StatusGone })
 	cfg := warrentest.Config(t, config.Subscription{Name: "gone", URL: rc.URL, Events: []string{"#"}, Options: config.Options{Concurrency: 1}})
-	e := engine.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), metrics.New())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	e := start(t, cfg)
 	warrentest.Apply(t, cfg)
 	warrentest.Publish(t, cfg, "k", warrentest.JSON("evt_gone1", `{}`), warrentest.JSON("evt_gone2", `{}`))
 

@@ -111,8 +111,8 @@ func TestReloadAddsChangesAndRemovesSubscriptions(t *testing.T) {
 	// Add a subscription and change the first one's patterns.
 	next := *cfg
 	a.Events = []string{"a.*", "c.*"}
-	b := warrentest.Subscription(*cfg, config.Subscription{Name: "second", URL: second.URL, Events: []string{"b.#"}})
-	next.Subscriptions = []config.Subscription{warrentest.Subscription(*cfg, a), b}
+	b := warrentest.Subscription(cfg, config.Subscription{Name: "second", URL: second.URL, Events: []string{"b.#"}})
+	next.Subscriptions = []config.Subscription{warrentest.Subscription(cfg, a), b}
 	warrentest.CleanupLater(t, &next)
 	e.Reload(&next)
 	waitState(t, e, "second", engine.StateConsuming)

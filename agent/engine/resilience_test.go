@@ -210,17 +210,9 @@ func rsConnectionPIDs(t *testing.T) []string {
 // one dialed up front that a fault would have closed.
 func rsConfig(t *testing.T, subs ...config.Subscription) *config.Config {
 	t.Helper()
-	unique := brokertest.Unique(t)
-	cfg := config.Default()
-	cfg.Path = "test"
-	cfg.Broker.URL = brokertest.URL()
-	cfg.Broker.Exchange = unique
-	cfg.Broker.QueuePrefix = unique
-	cfg.Server.Listen = ""
-	cfg.Server.ShutdownGrace = 5 * time.Second
+	cfg := warrentest.Bare(t)
 	cfg.Defaults.Timeout = 5 * time.Second
 	cfg.Defaults.Concurrency = 32
-	cfg.Defaults.Retry.Delays = []time.Duration{100 * time.Millisecond, 300 * time.Millisecond}
 	for _, s := range subs {
 		cfg.Subscriptions = append(cfg.Subscriptions, warrentest.Subscription(cfg, s))
 	}
@@ -235,9 +227,9 @@ func rsConfig(t *testing.T, subs ...config.Subscription) *config.Config {
 			return
 		}
 		defer conn.Close()
-		warrentest.Cleanup(t, conn, &cfg)
+		warrentest.Cleanup(t, conn, cfg)
 	})
-	return &cfg
+	return cfg
 }
 
 // rsApply declares cfg's topology on a connection of its own.

@@ -6,6 +6,7 @@ package warrentest
 import (
 	"context"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -14,7 +15,9 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/warren-hq/warren/agent/engine"
 	"github.com/warren-hq/warren/agent/internal/brokertest"
+	"github.com/warren-hq/warren/agent/metrics"
 	"github.com/warren-hq/warren/agent/topology"
 	"github.com/warren-hq/warren/config"
 )
@@ -25,6 +28,15 @@ import (
 // exchange are deleted when the test ends.
 func Config(t testing.TB, subs ...config.Subscription) *config.Config {
 	t.Helper()
+	cfg := Bare(t, subs...)
+	conn := brokertest.Dial(t)
+	t.Cleanup(func() { Cleanup(t, conn, cfg) })
+	return cfg
+}
+
+// Bare is Config without the cleanup, for tests that must delete their
+// queues on a connection of their own (one a broker fault cannot close).
+func Bare(t testing.TB, subs ...config.Subscription) *config.Config {
 	unique := brokertest.Unique(t)
 	cfg := config.Default()
 	cfg.Path = "test"
@@ -37,15 +49,36 @@ func Config(t testing.TB, subs ...config.Subscription) *config.Config {
 	cfg.Defaults.Concurrency = 4
 	cfg.Defaults.Retry.Delays = []time.Duration{100 * time.Millisecond, 300 * time.Millisecond}
 	for _, s := range subs {
-		cfg.Subscriptions = append(cfg.Subscriptions, Subscription(cfg, s))
+		cfg.Subscriptions = append(cfg.Subscriptions, Subscription(&cfg, s))
 	}
-	conn := brokertest.Dial(t)
-	t.Cleanup(func() { Cleanup(t, conn, &cfg) })
 	return &cfg
 }
 
+// Start runs an engine on cfg in the background with short reconnect
+// backoffs. The returned stop cancels it and waits for Run, failing the
+// test if Run returned an error; it also runs when the test ends.
+func Start(t testing.TB, cfg *config.Config) (e *engine.Engine, stop func()) {
+	t.Helper()
+	e = engine.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), metrics.New())
+	e.MinBackoff = 50 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("engine stopped with: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return e, stop
+}
+
 // Subscription fills the unset options of s from cfg's defaults.
-func Subscription(cfg config.Config, s config.Subscription) config.Subscription {
+func Subscription(cfg *config.Config, s config.Subscription) config.Subscription {
 	d := cfg.Defaults
 	if s.Timeout == 0 {
 		s.Timeout = d.Timeout
