@@ -114,25 +114,17 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 	}()
 
+	link := &link{log: e.log}
 	backoff := e.MinBackoff
-	down, connectedBefore, blocked := false, false, false
 	for {
 		up := false
 		err := e.session(ctx, hard, func() {
 			up = true
-			if !blocked {
-				// While the broker blocks publishers, each session ends
-				// as soon as it publishes: keep backing off instead.
+			cfg, subs := e.current()
+			if link.connected(cfg, len(subs)) {
 				backoff = e.MinBackoff
 			}
 			e.setConnected(true, nil)
-			if connectedBefore && down {
-				e.log.Info("broker connection restored")
-			} else if !connectedBefore {
-				cfg, subs := e.current()
-				e.log.Info("connected to broker", "url", cfg.Broker.RedactedURL(), "subscriptions", len(subs))
-			}
-			down, connectedBefore = false, true
 		})
 		e.setConnected(false, err)
 		if ctx.Err() != nil {
@@ -146,25 +138,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			e.log.Info("broker settings changed; reconnecting")
 			continue
 		}
-		if errors.Is(err, errBlocked) {
-			if !blocked {
-				e.log.Warn("broker blocked publishing (memory or disk alarm): deliveries paused until it recovers", logging.Err(err))
-			} else {
-				e.log.Debug("broker still blocks publishing", logging.Err(err))
-			}
-			blocked = true
-		} else if !down || up {
-			blocked = false
-			if up {
-				e.log.Error("broker connection lost; reconnecting", logging.Err(err))
-			} else {
-				e.log.Error("broker unreachable; retrying until it answers", logging.Err(err))
-			}
-			down = true
-		} else {
-			blocked = false
-			e.log.Debug("reconnect failed", logging.Err(err))
-		}
+		link.ended(err, up)
 		// Full jitter around the doubling backoff keeps many agents from
 		// reconnecting in step after a broker restart.
 		wait := backoff/2 + rand.N(backoff/2+1)
@@ -184,6 +158,49 @@ func (e *Engine) Run(ctx context.Context) error {
 				break waiting
 			}
 		}
+	}
+}
+
+// link tracks the broker connection across sessions so that a loss and a
+// recovery are each logged once, however many redials lie between them.
+type link struct {
+	log             *slog.Logger
+	connectedBefore bool
+	down            bool // lost or never reached, and said so
+	blocked         bool // the last session ended on a blocked publisher
+}
+
+// connected notes a session that came up. It reports whether the redial
+// backoff should start over: not while the broker blocks publishers, since
+// each such session ends as soon as it publishes.
+func (l *link) connected(cfg *config.Config, subscriptions int) (resetBackoff bool) {
+	switch {
+	case !l.connectedBefore:
+		l.log.Info("connected to broker", "url", cfg.Broker.RedactedURL(), "subscriptions", subscriptions)
+	case l.down:
+		l.log.Info("broker connection restored")
+	}
+	l.connectedBefore, l.down = true, false
+	return !l.blocked
+}
+
+// ended notes a session that ended with err (up: it had come up at all).
+func (l *link) ended(err error, up bool) {
+	wasBlocked := l.blocked
+	l.blocked = errors.Is(err, errBlocked)
+	switch {
+	case l.blocked && !wasBlocked:
+		l.log.Warn("broker blocked publishing (memory or disk alarm): deliveries paused until it recovers", logging.Err(err))
+	case l.blocked:
+		l.log.Debug("broker still blocks publishing", logging.Err(err))
+	case up:
+		l.log.Error("broker connection lost; reconnecting", logging.Err(err))
+		l.down = true
+	case !l.down:
+		l.log.Error("broker unreachable; retrying until it answers", logging.Err(err))
+		l.down = true
+	default:
+		l.log.Debug("reconnect failed", logging.Err(err))
 	}
 }
 
