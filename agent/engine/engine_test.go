@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -324,4 +326,68 @@ func TestTopologyConflictStopsEngine(t *testing.T) {
 	if !errors.As(err, &fatal) || !strings.Contains(err.Error(), cfg.WorkQueue(cfg.Subscriptions[0])) || !strings.Contains(err.Error(), "delete_queue") {
 		t.Fatalf("Run = %v, want a fatal error naming the queue and the fix", err)
 	}
+}
+
+// TestLogsAndCopiesNeverShowSecrets fails deliveries in every way that
+// produces an error text (a status with a body, a refused connection) for
+// endpoints carrying a token in the URL and headers, and checks that
+// neither the logs nor the parked copies reveal a secret.
+func TestLogsAndCopiesNeverShowSecrets(t *testing.T) {
+	const token = "sekret-token-123"
+	rc := warrentest.NewReceiver(t, func(int, *http.Request) int { return http.StatusInternalServerError })
+	refused := warrentest.NewReceiver(t, nil)
+	refusedURL := refused.URL
+	refused.Close()
+	sec := secret(t)
+	cfg := warrentest.Config(t,
+		config.Subscription{Name: "status", URL: rc.URL + "/hook?token=" + token, Events: []string{"#"},
+			Secrets: []config.Secret{sec}, Headers: map[string]string{"Authorization": "Bearer " + token}},
+		config.Subscription{Name: "refused", URL: refusedURL + "/hook?token=" + token, Events: []string{"#"},
+			Secrets: []config.Secret{sec}},
+	)
+	var logs syncBuffer
+	e := engine.New(cfg, slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})), metrics.New())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	warrentest.Apply(t, cfg)
+	warrentest.Publish(t, cfg, "k", warrentest.JSON("evt_secret", `{}`))
+	for _, s := range cfg.Subscriptions {
+		warrentest.WaitDepth(t, cfg.DeadQueue(s), 1, 15*time.Second)
+	}
+	cancel()
+	<-done
+
+	var parked []string
+	for _, s := range cfg.Subscriptions {
+		d := warrentest.Get(t, cfg.DeadQueue(s))
+		parked = append(parked, fmt.Sprint(d.Headers))
+	}
+	for _, text := range append(parked, logs.String()) {
+		for _, leak := range []string{token, testSecret, testSecret[len("whsec_"):]} {
+			if strings.Contains(text, leak) {
+				t.Errorf("%q leaked into:\n%s", leak, text)
+			}
+		}
+	}
+	if !strings.Contains(logs.String(), `"msg":"parked"`) {
+		t.Errorf("no parked line logged:\n%s", logs.String())
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
