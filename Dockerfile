@@ -15,7 +15,8 @@ FROM scratch
 COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/
 COPY --from=build /out/passwd /etc/passwd
 COPY --from=build /out/warren /usr/local/bin/warren
+ENV PATH=/usr/local/bin
 USER 65532:65532
 EXPOSE 9464
-ENTRYPOINT ["/usr/local/bin/warren"]
+ENTRYPOINT ["warren"]
 CMD ["run", "-c", "/etc/warren/warren.yaml"]
