@@ -14,6 +14,9 @@ import (
 // first. The caller must keep (requeue) the original.
 var ErrNotConfirmed = errors.New("publish not confirmed by the broker")
 
+// ErrUnroutable is the ErrNotConfirmed of a message no queue was bound for.
+var ErrUnroutable = fmt.Errorf("%w: unroutable, no queue is bound for its key", ErrNotConfirmed)
+
 // Publisher publishes persistent messages with mandatory routing on one
 // channel in confirm mode and reports, per message, whether the broker
 // confirmed it and did not return it.
@@ -110,7 +113,7 @@ func (p *Publisher) settle(c amqp.Confirmation) {
 	case !c.Ack:
 		pp.result <- fmt.Errorf("%w: nacked", ErrNotConfirmed)
 	case pp.returned:
-		pp.result <- fmt.Errorf("%w: unroutable (queue missing?)", ErrNotConfirmed)
+		pp.result <- ErrUnroutable
 	default:
 		pp.result <- nil
 	}

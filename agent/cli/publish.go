@@ -77,7 +77,7 @@ func (a *app) publishCommand() *cobra.Command {
 				Headers:     table,
 				Body:        body,
 			})
-			if errors.Is(err, broker.ErrNotConfirmed) && strings.Contains(err.Error(), "unroutable") {
+			if errors.Is(err, broker.ErrUnroutable) {
 				return fmt.Errorf("no queue is bound for %q on exchange %q: the event was not stored (see `warren routes` and `warren topology --apply`)", args[0], cfg.Broker.Exchange)
 			}
 			if err != nil {
