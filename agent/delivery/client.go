@@ -72,14 +72,14 @@ const bodyPreview = 256
 // Send makes one attempt. ctx ends it early only on hard shutdown; the
 // attempt's own deadline is the client's timeout, connect to last byte.
 func (c *Client) Send(ctx context.Context, ep *Endpoint, ev *event.Event, now time.Time) Result {
-	req, err := ep.NewRequest(ev, now)
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	req, err := ep.NewRequest(ctx, ev, now)
 	if err != nil {
 		return Result{Err: err, Invalid: true}
 	}
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
 	start := time.Now()
-	resp, err := c.http.Do(req.WithContext(ctx))
+	resp, err := c.http.Do(req)
 	if err != nil {
 		return Result{Err: redact(err), Duration: time.Since(start)}
 	}

@@ -4,6 +4,7 @@ package delivery
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -72,12 +73,12 @@ func (ep *Endpoint) Body(ev *event.Event) ([]byte, error) {
 }
 
 // NewRequest builds the signed POST for one attempt made at now.
-func (ep *Endpoint) NewRequest(ev *event.Event, now time.Time) (*http.Request, error) {
+func (ep *Endpoint) NewRequest(ctx context.Context, ev *event.Event, now time.Time) (*http.Request, error) {
 	body, err := ep.Body(ev)
 	if err != nil {
 		return nil, err
 	}
-	req, err := http.NewRequest(http.MethodPost, ep.URL, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.URL, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}

@@ -68,7 +68,7 @@ func TestNewRequest(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.format, func(t *testing.T) {
 			ep := testEndpoint(t, tc.format, "https://hooks.example.com/in?token=abc")
-			req, err := ep.NewRequest(ev, now)
+			req, err := ep.NewRequest(context.Background(), ev, now)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -106,7 +106,7 @@ func TestNewRequest(t *testing.T) {
 func TestNewRequestRawContentTypeDefault(t *testing.T) {
 	ev := testEvent()
 	ev.ContentType = ""
-	req, err := testEndpoint(t, config.FormatRaw, "http://127.0.0.1/").NewRequest(ev, time.Now())
+	req, err := testEndpoint(t, config.FormatRaw, "http://127.0.0.1/").NewRequest(context.Background(), ev, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,13 +118,13 @@ func TestNewRequestRawContentTypeDefault(t *testing.T) {
 func TestNewRequestErrors(t *testing.T) {
 	ev := testEvent()
 	ev.Body = []byte("not json")
-	if _, err := testEndpoint(t, config.FormatEnvelope, "http://127.0.0.1/").NewRequest(ev, time.Now()); err != ErrNotJSON {
+	if _, err := testEndpoint(t, config.FormatEnvelope, "http://127.0.0.1/").NewRequest(context.Background(), ev, time.Now()); err != ErrNotJSON {
 		t.Errorf("non-JSON body in the envelope format: err = %v, want ErrNotJSON", err)
 	}
 	// Configured headers win over nothing but never over the signature.
 	ep := testEndpoint(t, config.FormatRaw, "http://127.0.0.1/")
 	ep.Header.Set("Webhook-Signature", "forged")
-	req, err := ep.NewRequest(testEvent(), time.Now())
+	req, err := ep.NewRequest(context.Background(), testEvent(), time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +157,7 @@ func TestSend(t *testing.T) {
 	if res.Status != http.StatusOK || res.Err != nil || res.Duration <= 0 {
 		t.Fatalf("Send = %+v, want 200", res)
 	}
-	want, _ := ep.NewRequest(testEvent(), now)
+	want, _ := ep.NewRequest(context.Background(), testEvent(), now)
 	wantBody, _ := io.ReadAll(want.Body)
 	if got.URL.RequestURI() != "/hook?x=1" || !bytes.Equal(gotBody, wantBody) || got.Header.Get("Webhook-Signature") != want.Header.Get("Webhook-Signature") {
 		t.Errorf("server got %s %s", got.URL, gotBody)
@@ -206,9 +206,9 @@ func TestSendUserInfo(t *testing.T) {
 func TestRequestHeadersIndependent(t *testing.T) {
 	for _, format := range []string{config.FormatEnvelope, config.FormatCloudEvents} {
 		ep := testEndpoint(t, format, "http://127.0.0.1/")
-		a, _ := ep.NewRequest(testEvent(), time.Now())
+		a, _ := ep.NewRequest(context.Background(), testEvent(), time.Now())
 		want := a.Header.Clone()
-		b, _ := ep.NewRequest(testEvent(), time.Now())
+		b, _ := ep.NewRequest(context.Background(), testEvent(), time.Now())
 		for k := range b.Header {
 			b.Header.Add(k, "extra")
 		}
@@ -263,7 +263,7 @@ func BenchmarkNewRequest(b *testing.B) {
 	now := time.Now()
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := ep.NewRequest(ev, now); err != nil {
+		if _, err := ep.NewRequest(context.Background(), ev, now); err != nil {
 			b.Fatal(err)
 		}
 	}
