@@ -247,17 +247,7 @@ subscriptions:
 	// delivered meanwhile) drain: every queue empty for longer than the
 	// longest tier.
 	queues := allQueues(cfg)
-	empty := 0
-	waitUntil(t, 30*time.Second, "every queue empty", func() bool {
-		for _, q := range queues {
-			if warrentest.DepthOn(t, conn, q) != 0 {
-				empty = 0
-				return false
-			}
-		}
-		empty++
-		return empty >= 5
-	})
+	waitStaysEmpty(t, conn, queues, 30*time.Second)
 	second.signal(t, syscall.SIGTERM)
 	if code := second.wait(t, 30*time.Second); code != 0 {
 		t.Errorf("second warren exited %d after SIGTERM, want 0", code)
@@ -472,6 +462,24 @@ func publishErr(conn *amqp.Connection, exchange string, ids []string) error {
 }
 
 // waitUntil polls cond until it holds, failing the test after timeout.
+// waitStaysEmpty waits until every queue is empty on five polls in a row
+// (half a second, longer than the tests' longest retry tier), so no retry
+// copy is still on its way back.
+func waitStaysEmpty(t *testing.T, conn *amqp.Connection, queues []string, timeout time.Duration) {
+	t.Helper()
+	empty := 0
+	waitUntil(t, timeout, fmt.Sprintf("%v to stay empty", queues), func() bool {
+		for _, q := range queues {
+			if warrentest.DepthOn(t, conn, q) != 0 {
+				empty = 0
+				return false
+			}
+		}
+		empty++
+		return empty >= 5
+	})
+}
+
 func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)

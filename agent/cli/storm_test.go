@@ -78,17 +78,7 @@ subscriptions:
 	for _, d := range s.Tiers() {
 		moving = append(moving, cfg.RetryQueue(s, d))
 	}
-	empty := 0
-	waitUntil(t, 60*time.Second, "work and tier queues empty", func() bool {
-		for _, q := range moving {
-			if warrentest.DepthOn(t, conn, q) != 0 {
-				empty = 0
-				return false
-			}
-		}
-		empty++
-		return empty >= 5 // longer than the longest tier
-	})
+	waitStaysEmpty(t, conn, moving, 60*time.Second)
 	second.signal(t, syscall.SIGTERM)
 	if code := second.wait(t, 30*time.Second); code != 0 {
 		t.Errorf("second warren exited %d after SIGTERM, want 0", code)

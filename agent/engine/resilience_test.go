@@ -255,15 +255,19 @@ type rsEngine struct {
 	once   sync.Once
 }
 
-// rsStart runs an engine on cfg, with short reconnect backoffs, until Stop
-// or the end of the test; its log is dumped if the test fails.
-func rsStart(t *testing.T, cfg *config.Config, name string) *rsEngine {
+// rsStart runs an engine on cfg, with short reconnect backoffs (tune may
+// change its timings before it starts), until Stop or the end of the test;
+// its log is dumped if the test fails.
+func rsStart(t *testing.T, cfg *config.Config, name string, tune ...func(*engine.Engine)) *rsEngine {
 	t.Helper()
 	logs := newRSLogs()
 	e := engine.New(cfg, logs.logger(), metrics.New())
 	e.MinBackoff = 100 * time.Millisecond
 	e.MaxBackoff = time.Second
 	e.SampleEvery = time.Second
+	for _, f := range tune {
+		f(e)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &rsEngine{Engine: e, logs: logs, name: name, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- e.Run(ctx) }()
@@ -1096,25 +1100,13 @@ func TestBlockedBrokerStopsDeliveriesWithoutLoss(t *testing.T) {
 	rsPublish(t, cfg, "k", events)
 
 	rsMustCtl(t, "set_vm_memory_high_watermark", "0")
-	logs := newRSLogs()
-	e := engine.New(cfg, logs.logger(), metrics.New())
-	e.MinBackoff, e.MaxBackoff = 100*time.Millisecond, 500*time.Millisecond
-	e.PublishTimeout = 2 * time.Second
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("engine stopped with: %v", err)
-		}
-		if t.Failed() {
-			logs.dump(t, "blocked")
-		}
-	}()
+	e := rsStart(t, cfg, "blocked", func(e *engine.Engine) {
+		e.MaxBackoff = 500 * time.Millisecond
+		e.PublishTimeout = 2 * time.Second
+	})
 
 	rsWait(t, 30*time.Second, "the engine to notice the block", func() bool {
-		return logs.count("broker blocked publishing (memory or disk alarm): deliveries paused until it recovers") == 1
+		return e.logs.count("broker blocked publishing (memory or disk alarm): deliveries paused until it recovers") == 1
 	})
 	// While blocked, the engine takes at most a session's worth of
 	// deliveries at a time; they are requeued, not lost.
@@ -1131,11 +1123,7 @@ func TestBlockedBrokerStopsDeliveriesWithoutLoss(t *testing.T) {
 	rsWait(t, 60*time.Second, "every event in its retry tier", func() bool {
 		return len(rsMessageIDs(t, tier)) == len(events)
 	})
-	cancel()
-	if err := <-done; err != nil {
-		t.Errorf("engine stopped with: %v", err)
-	}
-	done <- nil // for the deferred stop
+	e.Stop(t)
 	if n := rsMustDepth(t, work); n != 0 {
 		t.Errorf("work queue holds %d, want 0", n)
 	}
