@@ -6,6 +6,7 @@ package config
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -61,12 +62,14 @@ type Server struct {
 // Options are the delivery settings every subscription inherits from
 // defaults and may override.
 type Options struct {
-	Timeout        time.Duration  `yaml:"timeout"`
-	Concurrency    int            `yaml:"concurrency"`
-	Prefetch       int            `yaml:"prefetch"`   // 0 = 2 x Concurrency
-	RateLimit      float64        `yaml:"rate_limit"` // requests per second, 0 = unlimited
-	Format         string         `yaml:"format"`     // envelope | raw | cloudevents
-	Source         string         `yaml:"source"`     // ce-source for the cloudevents format
+	Timeout     time.Duration `yaml:"timeout"`
+	Concurrency int           `yaml:"concurrency"`
+	Prefetch    int           `yaml:"prefetch"`   // 0 = 2 x Concurrency
+	RateLimit   float64       `yaml:"rate_limit"` // requests per second, 0 = unlimited
+	Format      string        `yaml:"format"`     // envelope | raw | cloudevents
+	Source      string        `yaml:"source"`     // ce-source for the cloudevents format
+	// MaxBodyBytes parks a larger message at once; 0 = no limit.
+	MaxBodyBytes   int64          `yaml:"max_body_bytes"`
 	Retry          Retry          `yaml:"retry"`
 	CircuitBreaker CircuitBreaker `yaml:"circuit_breaker"`
 }
@@ -123,10 +126,11 @@ func Default() Config {
 			DedupWindow:   100_000,
 		},
 		Defaults: Options{
-			Timeout:     10 * time.Second,
-			Concurrency: 16,
-			Format:      FormatEnvelope,
-			Source:      "warren",
+			Timeout:      10 * time.Second,
+			Concurrency:  16,
+			Format:       FormatEnvelope,
+			Source:       "warren",
+			MaxBodyBytes: 1 << 20,
 			Retry: Retry{
 				Delays: []time.Duration{
 					5 * time.Second, 30 * time.Second, 2 * time.Minute,
@@ -167,9 +171,25 @@ func (c *Config) WorkQueue(s Subscription) string {
 	return c.Broker.QueuePrefix + "." + s.Name
 }
 
-// RetryQueue is the tier queue holding messages for delay d: P.S.retry.<d>.
-func (c *Config) RetryQueue(s Subscription, d time.Duration) string {
-	return c.WorkQueue(s) + ".retry." + DelayName(d)
+// RetryQueue is the tier holding messages for delay d, shared by every
+// subscription of the prefix: P.retry.<d>. The queue and the fanout
+// exchange that feeds it share the name.
+func (c *Config) RetryQueue(d time.Duration) string {
+	return c.Broker.QueuePrefix + ".retry." + DelayName(d)
+}
+
+// Tiers lists every distinct delay of every subscription, shortest first.
+func (c *Config) Tiers() []time.Duration {
+	var tiers []time.Duration
+	for _, s := range c.Subscriptions {
+		for _, d := range s.Tiers() {
+			if !slices.Contains(tiers, d) {
+				tiers = append(tiers, d)
+			}
+		}
+	}
+	slices.Sort(tiers)
+	return tiers
 }
 
 // DeadQueue is the parking lot: P.S.dead.

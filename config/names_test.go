@@ -33,7 +33,7 @@ func TestQueueNames(t *testing.T) {
 	s.Retry.Delays = []time.Duration{time.Second, time.Second, 90 * time.Second}
 	tests := []struct{ got, want string }{
 		{c.WorkQueue(s), "warren.orders"},
-		{c.RetryQueue(s, 90*time.Second), "warren.orders.retry.1m30s"},
+		{c.RetryQueue(90 * time.Second), "warren.retry.1m30s"},
 		{c.DeadQueue(s), "warren.orders.dead"},
 	}
 	for _, tt := range tests {

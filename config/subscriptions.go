@@ -211,11 +211,6 @@ func headerValue(name, value string) string {
 // against RabbitMQ's limit.
 func (v *checker) queueNames(path string, s Subscription) {
 	longest := v.c.DeadQueue(s)
-	for _, d := range s.Tiers() {
-		if q := v.c.RetryQueue(s, d); len(q) > len(longest) {
-			longest = q
-		}
-	}
 	if len(longest) > maxNameBytes {
 		v.add(path+".name", "queue name too long (got %d bytes in %q, want at most %d: shorten the name or broker.queue_prefix)",
 			len(longest), longest, maxNameBytes)

@@ -80,7 +80,7 @@ func newEnv(b *testing.B) *env {
 	cfg.Subscriptions = []config.Subscription{sub}
 	e.cfg = &cfg
 	e.work = cfg.WorkQueue(sub)
-	e.tier = cfg.RetryQueue(sub, time.Hour)
+	e.tier = cfg.RetryQueue(time.Hour)
 	b.Cleanup(e.cleanup)
 	if err := e.connect(); err != nil {
 		b.Fatal(err)

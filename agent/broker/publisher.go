@@ -11,11 +11,18 @@ import (
 
 // ErrNotConfirmed means the broker did not take responsibility for a
 // message: it nacked it, returned it as unroutable, or the channel closed
-// first. The caller must keep (requeue) the original.
+// first. The caller must keep (requeue or hold) the original.
 var ErrNotConfirmed = errors.New("publish not confirmed by the broker")
 
 // ErrUnroutable is the ErrNotConfirmed of a message no queue was bound for.
 var ErrUnroutable = fmt.Errorf("%w: unroutable, no queue is bound for its key", ErrNotConfirmed)
+
+// HeaderPublishTag carries the channel's publish sequence number on every
+// message, so that a basic.return (which has no delivery tag) is matched to
+// the exact publish it belongs to. Matching by message_id is not enough: one
+// event fanned out to several subscriptions shares its id, and an
+// unroutable publish is returned before the ack of an older routed one.
+const HeaderPublishTag = "warren-publish-tag"
 
 // Publisher publishes persistent messages with mandatory routing on one
 // channel in confirm mode and reports, per message, whether the broker
@@ -31,16 +38,18 @@ type Publisher struct {
 	publishMu sync.Mutex // sequence number and publish happen together
 
 	mu      sync.Mutex
-	pending map[uint64]*pendingPublish
+	pending map[uint64]*Pending
 	closed  error
 
 	done chan struct{}
 }
 
-type pendingPublish struct {
-	messageID string
-	returned  bool
-	result    chan error // buffered 1
+// Pending is a message written to the broker and not yet confirmed.
+type Pending struct {
+	p        *Publisher
+	seq      uint64
+	returned bool       // guarded by p.mu
+	result   chan error // buffered 1
 }
 
 // NewPublisher puts ch in confirm mode and starts reading its confirms and
@@ -51,7 +60,7 @@ func NewPublisher(ch *amqp.Channel) (*Publisher, error) {
 	}
 	p := &Publisher{
 		ch:      ch,
-		pending: make(map[uint64]*pendingPublish),
+		pending: make(map[uint64]*Pending),
 		done:    make(chan struct{}),
 	}
 	confirms := ch.NotifyPublish(make(chan amqp.Confirmation))
@@ -70,7 +79,7 @@ func (p *Publisher) read(confirms <-chan amqp.Confirmation, returns <-chan amqp.
 				returns = nil
 				continue
 			}
-			p.markReturned(r.MessageId)
+			p.markReturned(r)
 		case c, ok := <-confirms:
 			if !ok {
 				confirms = nil
@@ -86,19 +95,17 @@ func (p *Publisher) read(confirms <-chan amqp.Confirmation, returns <-chan amqp.
 	p.failAll(err)
 }
 
-// markReturned flags the oldest unconfirmed publish with this message id.
-func (p *Publisher) markReturned(messageID string) {
+// markReturned flags the publish whose tag the returned message carries.
+func (p *Publisher) markReturned(r amqp.Return) {
+	seq, ok := r.Headers[HeaderPublishTag].(int64)
+	if !ok {
+		return
+	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	var oldest uint64
-	for seq, pp := range p.pending {
-		if pp.messageID == messageID && !pp.returned && (oldest == 0 || seq < oldest) {
-			oldest = seq
-		}
+	if pp, ok := p.pending[uint64(seq)]; ok {
+		pp.returned = true
 	}
-	if oldest != 0 {
-		p.pending[oldest].returned = true
-	}
+	p.mu.Unlock()
 }
 
 func (p *Publisher) settle(c amqp.Confirmation) {
@@ -129,47 +136,65 @@ func (p *Publisher) failAll(err error) {
 	}
 }
 
-// Publish sends msg as persistent and mandatory and waits until the broker
-// confirmed it or ctx ends. msg.MessageId must be set: returns are matched
-// by it.
-func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.Publishing) error {
+// Send writes msg as persistent and mandatory without waiting for its
+// confirm; Wait on the result does. msg.Headers gains HeaderPublishTag (a
+// shared map is not modified: the headers are copied).
+func (p *Publisher) Send(ctx context.Context, exchange, key string, msg amqp.Publishing) (*Pending, error) {
 	msg.DeliveryMode = amqp.Persistent
-	pp := &pendingPublish{messageID: msg.MessageId, result: make(chan error, 1)}
+	pp := &Pending{p: p, result: make(chan error, 1)}
 
 	p.publishMu.Lock()
+	defer p.publishMu.Unlock()
 	// Read the sequence number before taking p.mu, never under it: while
 	// amqp091 hands confirms it had held back for ordering to p.read
 	// (confirms.resequence), its reader goroutine holds the lock that
 	// GetNextPublishSeqNo takes, and p.read needs p.mu to settle them.
-	// Holding p.mu here deadlocked the channel and, with its reader stuck,
-	// the whole publishing connection. publishMu keeps seq valid until the
-	// publish below.
-	seq := p.ch.GetNextPublishSeqNo()
+	// publishMu keeps seq valid until the publish below.
+	pp.seq = p.ch.GetNextPublishSeqNo()
+	headers := make(amqp.Table, len(msg.Headers)+1)
+	for k, v := range msg.Headers {
+		headers[k] = v
+	}
+	headers[HeaderPublishTag] = int64(pp.seq)
+	msg.Headers = headers
+
 	p.mu.Lock()
 	if p.closed != nil {
 		p.mu.Unlock()
-		p.publishMu.Unlock()
-		return fmt.Errorf("%w: %v", ErrNotConfirmed, p.closed)
+		return nil, fmt.Errorf("%w: %v", ErrNotConfirmed, p.closed)
 	}
-	p.pending[seq] = pp
+	p.pending[pp.seq] = pp
 	p.mu.Unlock()
 	err := p.ch.PublishWithContext(ctx, exchange, key,
 		true,  // mandatory: an unroutable copy comes back instead of vanishing
 		false, // immediate
 		msg)
-	p.publishMu.Unlock()
 	if err != nil {
-		p.forget(seq)
-		return fmt.Errorf("publish to %q: %w", key, err)
+		p.forget(pp.seq)
+		return nil, fmt.Errorf("%w: publish to %q: %v", ErrNotConfirmed, key, err)
 	}
+	return pp, nil
+}
 
+// Wait blocks until the broker confirmed the message (nil), refused or
+// returned it, or ctx ended.
+func (pp *Pending) Wait(ctx context.Context) error {
 	select {
 	case err := <-pp.result:
 		return err
 	case <-ctx.Done():
-		p.forget(seq)
+		pp.p.forget(pp.seq)
 		return fmt.Errorf("%w: %w", ErrNotConfirmed, ctx.Err())
 	}
+}
+
+// Publish is Send then Wait.
+func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.Publishing) error {
+	pp, err := p.Send(ctx, exchange, key, msg)
+	if err != nil {
+		return err
+	}
+	return pp.Wait(ctx)
 }
 
 func (p *Publisher) forget(seq uint64) {

@@ -3,7 +3,6 @@ package broker_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -34,12 +33,15 @@ func newPublisher(t *testing.T) (*broker.Publisher, *amqp.Channel) {
 }
 
 // TestPublishReportsEachMessagesFate mixes routable and unroutable
-// publishes from many goroutines: exactly the unroutable ones must fail,
+// publishes from many goroutines, all with one message_id as when one event
+// fans out to several subscriptions: exactly the unroutable ones must fail,
 // each matched to its own publish, and every routable one must be stored.
+// The queue is durable so that routed publishes are confirmed only after
+// the disk write, while unroutable ones come back at once.
 func TestPublishReportsEachMessagesFate(t *testing.T) {
 	pub, admin := newPublisher(t)
 	queue := brokertest.Unique(t)
-	if _, err := admin.QueueDeclare(queue, false, true, false, false, nil); err != nil {
+	if _, err := admin.QueueDeclare(queue, true, false, false, false, nil); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { admin.QueueDelete(queue, false, false, false) })
@@ -55,7 +57,7 @@ func TestPublishReportsEachMessagesFate(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			errs[i] = pub.Publish(ctx, "", key, amqp.Publishing{MessageId: fmt.Sprintf("m-%d", i), Body: []byte("x")})
+			errs[i] = pub.Publish(ctx, "", key, amqp.Publishing{MessageId: "evt_shared", Body: []byte("x")})
 		})
 	}
 	wg.Wait()
@@ -70,7 +72,7 @@ func TestPublishReportsEachMessagesFate(t *testing.T) {
 			stored++
 		}
 	}
-	q, err := admin.QueueDeclarePassive(queue, false, true, false, false, nil)
+	q, err := admin.QueueDeclarePassive(queue, true, false, false, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -236,16 +236,18 @@ type plannedQueue struct {
 func plannedQueues(cfg *config.Config) []plannedQueue {
 	prefix := cfg.Broker.QueuePrefix
 	classic := func() map[string]any { return map[string]any{"x-queue-type": "classic"} }
-	tier := func(work string, ms int64) map[string]any {
-		return map[string]any{"x-queue-type": "classic", "x-message-ttl": ms, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": work}
+	// Tiers are shared by the prefix and dead-letter by the copy's own
+	// routing key (its work queue).
+	tier := func(ms int64) map[string]any {
+		return map[string]any{"x-queue-type": "classic", "x-message-ttl": ms, "x-dead-letter-exchange": ""}
 	}
 	return []plannedQueue{
 		{prefix + ".orders", classic(), []string{"order.*", "payment.#"}},
-		{prefix + ".orders.retry.100ms", tier(prefix+".orders", 100), nil},
-		{prefix + ".orders.retry.200ms", tier(prefix+".orders", 200), nil},
+		{prefix + ".retry.100ms", tier(100), nil},
+		{prefix + ".retry.200ms", tier(200), nil},
 		{prefix + ".orders.dead", classic(), nil},
 		{prefix + ".audit", classic(), []string{"*.refunded"}},
-		{prefix + ".audit.retry.1m30s", tier(prefix+".audit", 90_000), nil},
+		{prefix + ".retry.1m30s", tier(90_000), nil},
 		{prefix + ".audit.dead", classic(), nil},
 	}
 }
@@ -479,8 +481,9 @@ func TestTopologyApplyConflict(t *testing.T) {
 	r.wantCode(t, 1)
 	r.noUsage(t)
 	work := cfg.WorkQueue(cfg.Subscriptions[0])
-	if !strings.Contains(r.stderr, work) || !strings.Contains(r.stderr, "delete_queue") {
-		t.Errorf("stderr = %q, want the queue %s and the fix (delete_queue)", r.stderr, work)
+	tier := cfg.RetryQueue(100 * time.Millisecond) // declared first
+	if !strings.Contains(r.stderr, `queue "`+tier+`"`) || !strings.Contains(r.stderr, "broker.queue_type quorum") || !strings.Contains(r.stderr, "delete_queue") {
+		t.Errorf("stderr = %q, want the queue %s, the queue type and the fix (delete_queue)", r.stderr, tier)
 	}
 	// The classic queue is untouched.
 	if _, err := ch(t).QueueDeclare(work, true, false, false, false, amqp.Table{"x-queue-type": "classic"}); err != nil {

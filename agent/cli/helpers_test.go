@@ -180,7 +180,7 @@ func allQueues(cfg *config.Config) []string {
 	for _, s := range cfg.Subscriptions {
 		qs = append(qs, cfg.WorkQueue(s))
 		for _, d := range s.Tiers() {
-			qs = append(qs, cfg.RetryQueue(s, d))
+			qs = append(qs, cfg.RetryQueue(d))
 		}
 		qs = append(qs, cfg.DeadQueue(s))
 	}

@@ -76,7 +76,7 @@ subscriptions:
 	s := cfg.Subscriptions[0]
 	moving := []string{cfg.WorkQueue(s)}
 	for _, d := range s.Tiers() {
-		moving = append(moving, cfg.RetryQueue(s, d))
+		moving = append(moving, cfg.RetryQueue(d))
 	}
 	waitStaysEmpty(t, conn, moving, 60*time.Second)
 	second.signal(t, syscall.SIGTERM)

@@ -20,7 +20,9 @@ const (
 	KeyResumed = "warren.subscription.resumed"
 )
 
-// OperatorEvent is the JSON body of an operator event.
+// OperatorEvent is the JSON body of an operator event. It carries statuses
+// and warren's own reasons, never an endpoint's response body: a
+// subscription on warren.# would forward one partner's answer to another.
 type OperatorEvent struct {
 	Subscription string    `json:"subscription"`
 	EventID      string    `json:"event_id,omitempty"`
@@ -33,8 +35,9 @@ type OperatorEvent struct {
 
 // announce publishes an operator event, confirmed but best effort: the
 // outcome it reports is already settled, so a failure is only logged.
-func (sess *session) announce(key string, ev OperatorEvent) {
-	if sess.operatorExchange == "" || strings.HasPrefix(ev.Type, "warren.") {
+func (env *env) announce(key string, ev OperatorEvent) {
+	cfg, _ := env.e.current()
+	if !cfg.Broker.OperatorEvents || strings.HasPrefix(ev.Type, "warren.") {
 		// Off, or about an operator event itself: never announce the
 		// parking of an announcement, which could loop.
 		return
@@ -43,9 +46,9 @@ func (sess *session) announce(key string, ev OperatorEvent) {
 	if err != nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(env.hard, 5*time.Second)
 	defer cancel()
-	err = sess.publisher.Publish(ctx, sess.operatorExchange, key, amqp.Publishing{
+	err = env.copies.publish(ctx, cfg.Broker.Exchange, key, amqp.Publishing{
 		MessageId:   key + ":" + ev.Subscription + ":" + ev.EventID + ":" + strconv.FormatInt(ev.At.UnixNano(), 10),
 		ContentType: "application/json",
 		Timestamp:   ev.At,
@@ -53,6 +56,6 @@ func (sess *session) announce(key string, ev OperatorEvent) {
 	})
 	if err != nil {
 		// Unroutable simply means no application consumes these yet.
-		sess.log.Debug("operator event not stored", "key", key, logging.Err(err))
+		env.e.log.Debug("operator event not stored", "key", key, logging.Err(err))
 	}
 }

@@ -1,25 +1,23 @@
-// Package engine runs warren's delivery loop: one broker session at a time
-// (a consuming and a publishing connection), one consumer per subscription,
-// and a supervisor that rebuilds the session whenever the broker goes away.
+// Package engine runs warren's delivery: one supervised consumer per
+// subscription on channels spread over as many broker connections as
+// needed, each failing and restarting alone, and one reload path that
+// applies a new config whole or not at all.
 package engine
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
-	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"reflect"
-	"slices"
 	"sync"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/warren-hq/warren/agent/broker"
 	"github.com/warren-hq/warren/agent/buildinfo"
 	"github.com/warren-hq/warren/agent/dedup"
-	"github.com/warren-hq/warren/agent/logging"
 	"github.com/warren-hq/warren/agent/metrics"
 	"github.com/warren-hq/warren/agent/topology"
 	"github.com/warren-hq/warren/config"
@@ -32,45 +30,49 @@ type Engine struct {
 	seen    *dedup.Window
 	reloads chan *config.Config // latest config to switch to
 
-	// Timings, exported so tests can shorten them.
-	MinBackoff     time.Duration // first wait before redialing
+	// Timings and sizes, exported so tests can shorten them.
+	MinBackoff     time.Duration // first wait before redialing or restarting a subscription
 	MaxBackoff     time.Duration // cap of the doubling wait
-	PublishTimeout time.Duration // a copy not confirmed by then is requeued
+	PublishTimeout time.Duration // a copy not confirmed by then is tried again
 	SampleEvery    time.Duration // how often queue depths are read for metrics
+	// ChannelsPerConnection caps the consuming channels on one connection;
+	// more subscriptions open more connections. It stays below RabbitMQ's
+	// default channel_max of 2,047.
+	ChannelsPerConnection int
 
-	mu        sync.Mutex
-	cfg       *config.Config
-	subs      []*subscriber // in config order
-	connected bool
-	lastErr   error
+	mu      sync.Mutex
+	cfg     *config.Config
+	subs    []*subscriber // in config order
+	links   *links
+	lastErr error
+	// unbind holds bindings a reload dropped while the broker was away.
+	unbind []binding
 }
+
+// binding is one pattern binding a queue to an exchange.
+type binding struct{ exchange, queue, pattern string }
 
 // New prepares an engine for cfg, reporting to m.
 func New(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) *Engine {
 	e := &Engine{
-		cfg:            cfg,
-		log:            log,
-		metrics:        m,
-		seen:           dedup.New(cfg.Server.DedupWindow),
-		reloads:        make(chan *config.Config, 1),
-		MinBackoff:     500 * time.Millisecond,
-		MaxBackoff:     30 * time.Second,
-		PublishTimeout: 10 * time.Second,
-		SampleEvery:    5 * time.Second,
+		cfg:                   cfg,
+		log:                   log,
+		metrics:               m,
+		seen:                  dedup.New(cfg.Server.DedupWindow),
+		reloads:               make(chan *config.Config, 1),
+		MinBackoff:            500 * time.Millisecond,
+		MaxBackoff:            30 * time.Second,
+		PublishTimeout:        10 * time.Second,
+		SampleEvery:           5 * time.Second,
+		ChannelsPerConnection: 500,
 	}
-	for _, s := range cfg.Subscriptions {
-		e.subs = append(e.subs, e.newSubscriber(cfg, s))
-	}
+	e.subs = e.plan(cfg)
+	m.ConfigHash.Set(hash(cfg))
 	return e
 }
 
-func (e *Engine) newSubscriber(cfg *config.Config, s config.Subscription) *subscriber {
-	return newSubscriber(cfg, s, buildinfo.UserAgent(), e.seen, e.log, e.metrics.For(s.Name))
-}
-
-// Reload switches to cfg without dropping or duplicating in-flight events:
-// new subscriptions start, removed ones stop after draining, changed (and
-// paused) ones restart. A changed broker section reconnects.
+// Reload asks Run to switch to cfg. It is applied whole or not at all, and
+// the outcome is logged and counted in warren_config_reloads_total.
 func (e *Engine) Reload(cfg *config.Config) {
 	select {
 	case <-e.reloads: // superseded
@@ -78,12 +80,6 @@ func (e *Engine) Reload(cfg *config.Config) {
 	}
 	e.reloads <- cfg
 }
-
-// errReload ends a session so the next one starts on a new broker config.
-var errReload = errors.New("broker settings changed")
-
-// errBlocked ends a session whose publishing connection the broker blocked.
-var errBlocked = errors.New("broker blocked publishing")
 
 // FatalError stops the engine: retrying cannot fix it.
 type FatalError struct{ Err error }
@@ -104,322 +100,294 @@ func (e *Engine) Run(ctx context.Context) error {
 		time.AfterFunc(cfg.Server.ShutdownGrace, stopHard)
 	})
 	defer stopTimer()
-	// Idle keep-alive connections to the endpoints (two goroutines and a
-	// socket each) would otherwise outlive Run until the transport's idle
-	// timeout.
-	defer func() {
-		_, subs := e.current()
-		for _, s := range subs {
-			s.client.Close()
-		}
-	}()
 
-	link := &link{log: e.log}
-	backoff := e.MinBackoff
-	for {
-		up := false
-		err := e.session(ctx, hard, func() {
-			up = true
-			cfg, subs := e.current()
-			if link.connected(cfg, len(subs)) {
-				backoff = e.MinBackoff
-			}
-			e.setConnected(true, nil)
-		})
-		e.setConnected(false, err)
-		if ctx.Err() != nil {
-			e.log.Info("stopped")
-			return nil
-		}
-		if fatal := (*FatalError)(nil); errors.As(err, &fatal) {
-			return err
-		}
-		if errors.Is(err, errReload) {
-			e.log.Info("broker settings changed; reconnecting")
-			continue
-		}
-		link.ended(err, up)
-		// Full jitter around the doubling backoff keeps many agents from
-		// reconnecting in step after a broker restart.
-		wait := backoff/2 + rand.N(backoff/2+1)
-		backoff = min(2*backoff, e.MaxBackoff)
-		timer := time.NewTimer(wait)
-	waiting:
-		for {
-			select {
-			case <-ctx.Done():
-				timer.Stop()
-				e.log.Info("stopped")
-				return nil
-			case cfg := <-e.reloads:
-				// Nothing runs: the next session starts on it.
-				e.swap(cfg, e.plan(cfg))
-			case <-timer.C:
-				break waiting
-			}
-		}
-	}
-}
-
-// link tracks the broker connection across sessions so that a loss and a
-// recovery are each logged once, however many redials lie between them.
-type link struct {
-	log             *slog.Logger
-	connectedBefore bool
-	down            bool // lost or never reached, and said so
-	blocked         bool // the last session ended on a blocked publisher
-}
-
-// connected notes a session that came up. It reports whether the redial
-// backoff should start over: not while the broker blocks publishers, since
-// each such session ends as soon as it publishes.
-func (l *link) connected(cfg *config.Config, subscriptions int) (resetBackoff bool) {
-	switch {
-	case !l.connectedBefore:
-		l.log.Info("connected to broker", "url", cfg.Broker.RedactedURL(), "subscriptions", subscriptions)
-	case l.down:
-		l.log.Info("broker connection restored")
-	}
-	l.connectedBefore, l.down = true, false
-	return !l.blocked
-}
-
-// ended notes a session that ended with err (up: it had come up at all).
-func (l *link) ended(err error, up bool) {
-	wasBlocked := l.blocked
-	l.blocked = errors.Is(err, errBlocked)
-	switch {
-	case l.blocked && !wasBlocked:
-		l.log.Warn("broker blocked publishing (memory or disk alarm): deliveries paused until it recovers", logging.Err(err))
-	case l.blocked:
-		l.log.Debug("broker still blocks publishing", logging.Err(err))
-	case up:
-		l.log.Error("broker connection lost; reconnecting", logging.Err(err))
-		l.down = true
-	case !l.down:
-		l.log.Error("broker unreachable; retrying until it answers", logging.Err(err))
-		l.down = true
-	default:
-		l.log.Debug("reconnect failed", logging.Err(err))
-	}
-}
-
-// session is one pair of broker connections and everything running on them.
-type session struct {
-	consume   *amqp.Connection
-	publisher *broker.Publisher
-	// abort closes the publishing connection, ending the session: used when
-	// a publish hangs (a blocked broker).
-	abort func()
-	// operatorExchange receives operator events; "" when they are off.
-	operatorExchange string
-	log              *slog.Logger
-}
-
-func (e *Engine) session(ctx, hard context.Context, onUp func()) error {
+	r := &runner{e: e, hard: hard, fatal: make(chan error, 1), running: map[*subscriber]*runningSub{}}
 	cfg, subs := e.current()
-	consumeConn, err := broker.Dial(cfg.Broker, "consume")
-	if err != nil {
-		return err
-	}
-	defer closeConn(consumeConn)
-	publishConn, err := broker.Dial(cfg.Broker, "publish")
-	if err != nil {
-		return err
-	}
-	defer closeConn(publishConn)
-
-	if err := topology.Apply(publishConn, topology.For(cfg)); err != nil {
-		if isPermanent(err) {
-			return &FatalError{err}
-		}
-		return err
-	}
-	ch, err := publishConn.Channel()
-	if err != nil {
-		return fmt.Errorf("open publishing channel: %w", err)
-	}
-	publisher, err := broker.NewPublisher(ch)
-	if err != nil {
-		return err
-	}
-	defer publisher.Close()
-
-	consumeClosed := consumeConn.NotifyClose(make(chan *amqp.Error, 1))
-	publishClosed := publishConn.NotifyClose(make(chan *amqp.Error, 1))
-	blocked := publishConn.NotifyBlocked(make(chan amqp.Blocking, 4))
-	sess := &session{
-		consume:   consumeConn,
-		publisher: publisher,
-		abort:     func() { closeConnNow(publishConn) },
-		log:       e.log,
-	}
-	if cfg.Broker.OperatorEvents {
-		sess.operatorExchange = cfg.Broker.Exchange
-	}
-
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	failed := make(chan error, 1)
-	running := map[string]*runningSub{}
-	start := func(s *subscriber) {
-		rctx, stop := context.WithCancel(sctx)
-		r := &runningSub{stop: stop, done: make(chan struct{})}
-		go func() {
-			defer close(r.done)
-			if err := s.run(rctx, hard, sess, e.PublishTimeout); err != nil && rctx.Err() == nil {
-				select {
-				case failed <- err:
-				default: // the session is ending already
-				}
-			}
-		}()
-		running[s.name] = r
-	}
-	defer func() {
-		cancel()
-		for _, r := range running {
-			<-r.done
-		}
-	}()
+	r.connect(cfg)
 	for _, s := range subs {
-		start(s)
+		r.start(ctx, s)
 	}
 	sampled := make(chan struct{})
+	sctx, stopSampling := context.WithCancel(ctx)
 	go func() {
 		defer close(sampled)
-		// On the consuming connection: the broker never blocks it.
-		e.sampleDepths(sctx, consumeConn)
+		e.sampleDepths(sctx)
 	}()
-	defer func() { cancel(); <-sampled }()
-	onUp()
+	defer func() { stopSampling(); <-sampled }()
 
 	for {
 		select {
 		case <-ctx.Done():
+			r.stopAll()
+			e.log.Info("stopped")
 			return nil
-		case err := <-consumeClosed:
-			return fmt.Errorf("consuming connection closed: %w", closedErr(err))
-		case err := <-publishClosed:
-			return fmt.Errorf("publishing connection closed: %w", closedErr(err))
-		case b := <-blocked:
-			// Publishes would hang: stop taking deliveries. Closing the
-			// publishing connection at once fails the publishes waiting
-			// for a confirm, so their originals are requeued now; a
-			// blocked broker would never answer a polite close.
-			if b.Active {
-				closeConnNow(publishConn)
-				return fmt.Errorf("%w (%s)", errBlocked, b.Reason)
-			}
-		case err := <-failed:
+		case err := <-r.fatal:
+			r.stopAll()
 			return err
 		case next := <-e.reloads:
-			if err := e.reload(sess, publishConn, running, start, next); err != nil {
-				return err
-			}
+			r.apply(ctx, next)
 		}
 	}
 }
 
-// runningSub is a subscriber at work in a session.
+// runner is what Run keeps while it runs: the subscribers at work and the
+// broker links they use.
+type runner struct {
+	e       *Engine
+	hard    context.Context
+	fatal   chan error
+	running map[*subscriber]*runningSub
+	links   *links
+}
+
+// runningSub is a subscriber at work.
 type runningSub struct {
 	stop context.CancelFunc
 	done chan struct{}
 }
 
+// connect replaces the broker links with ones for cfg's broker section.
+func (r *runner) connect(cfg *config.Config) {
+	e := r.e
+	shared := topology.Shared(cfg)
+	l := &links{
+		broker:         cfg.Broker,
+		log:            e.log,
+		perConn:        e.ChannelsPerConnection,
+		publishTimeout: e.PublishTimeout,
+		minBackoff:     e.MinBackoff,
+		maxBackoff:     e.MaxBackoff,
+		onDial: func(conn *amqp.Connection) error {
+			ch, err := conn.Channel()
+			if err != nil {
+				return err
+			}
+			defer ch.Close()
+			if err := topology.Declare(ch, shared); err != nil {
+				return err
+			}
+			e.unbindPending(conn.Channel)
+			return nil
+		},
+		onChange: e.setConnected,
+	}
+	if r.links != nil {
+		r.links.close()
+	}
+	r.links = l
+	e.mu.Lock()
+	e.links = l
+	e.mu.Unlock()
+}
+
+func (r *runner) start(ctx context.Context, s *subscriber) {
+	rctx, stop := context.WithCancel(ctx)
+	rs := &runningSub{stop: stop, done: make(chan struct{})}
+	r.running[s] = rs
+	env := &env{links: r.links, copies: r.links, hard: r.hard, e: r.e}
+	go func() {
+		defer close(rs.done)
+		if err := s.run(rctx, env); err != nil {
+			select {
+			case r.fatal <- err:
+			default:
+			}
+		}
+	}()
+}
+
+// stop stops subscribers after they drained, all at once.
+func (r *runner) stop(subs []*subscriber) {
+	for _, s := range subs {
+		r.running[s].stop()
+	}
+	for _, s := range subs {
+		<-r.running[s].done
+		delete(r.running, s)
+		s.client.Close()
+	}
+}
+
+func (r *runner) stopAll() {
+	subs := make([]*subscriber, 0, len(r.running))
+	for s := range r.running {
+		subs = append(subs, s)
+	}
+	r.stop(subs)
+	r.links.close()
+}
+
+// apply is the one reload path, whether the broker is up or not. It first
+// declares what the new config needs, so that a conflict leaves everything
+// as it was; then it stops what was removed or changed (after draining),
+// unbinds the patterns no longer configured (later, on the next
+// connection, if the broker is away) and starts what is new.
+func (r *runner) apply(ctx context.Context, next *config.Config) {
+	e := r.e
+	cur, old := e.current()
+	subs := e.plan(next)
+	brokerChanged := !reflect.DeepEqual(cur.Broker, next.Broker)
+
+	keep := make(map[*subscriber]bool, len(subs))
+	var added []config.Subscription
+	for _, s := range subs {
+		keep[s] = true
+		if _, running := r.running[s]; !running {
+			added = append(added, s.opts)
+		}
+	}
+	declared := false
+	if !brokerChanged && r.links.up() {
+		plan := topology.Shared(next)
+		for _, sc := range added {
+			plan.Queues = append(plan.Queues, topology.Subscription(next, sc)...)
+		}
+		if err := e.declare(ctx, r.links, plan); err != nil {
+			e.metrics.Reloads.WithLabelValues("failure").Inc()
+			e.log.Error("config reload rejected; keeping the running config", "err", err.Error())
+			return
+		}
+		declared = true
+	}
+
+	var stopping []*subscriber
+	for _, s := range old {
+		if !keep[s] {
+			stopping = append(stopping, s)
+		}
+	}
+	r.stop(stopping)
+	var gone []binding
+	for _, s := range stopping {
+		sc, still := next.Subscription(s.name)
+		if still && s.paused.Load() {
+			e.log.Info("subscription resumed by reload", "subscription", s.name)
+			r.announce(KeyResumed, OperatorEvent{Subscription: s.name, At: time.Now().UTC()})
+		}
+		if !still {
+			e.log.Warn("subscription removed: stopped after draining; its queues are kept and unbound, delete them once empty",
+				"subscription", s.name, "queue", s.work)
+		}
+		for _, p := range s.opts.Events {
+			if still && next.Broker.Exchange == cur.Broker.Exchange && next.WorkQueue(sc) == s.work && contains(sc.Events, p) {
+				continue
+			}
+			gone = append(gone, binding{cur.Broker.Exchange, s.work, p})
+		}
+	}
+	e.mu.Lock()
+	e.unbind = append(e.unbind, gone...)
+	e.mu.Unlock()
+	if brokerChanged {
+		r.connect(next)
+	} else if len(gone) > 0 && r.links.up() {
+		// What fails here stays pending for the next connection.
+		e.unbindPending(func() (*amqp.Channel, error) {
+			ch, release, err := r.links.channel(ctx)
+			if err == nil {
+				release() // the slot is not needed past this one call
+			}
+			return ch, err
+		})
+	}
+	e.swap(next, subs)
+	for _, s := range subs {
+		if _, running := r.running[s]; !running {
+			r.start(ctx, s)
+		}
+	}
+	e.metrics.Reloads.WithLabelValues("success").Inc()
+	e.metrics.ConfigHash.Set(hash(next))
+	how := "declared"
+	if !declared {
+		how = "declared on the next connection"
+	}
+	e.log.Info("config reloaded", "subscriptions", len(subs), "started", len(added), "stopped", len(stopping), "queues", how)
+	if next.Server != cur.Server {
+		e.log.Warn("server settings take effect on restart")
+	}
+}
+
+func (r *runner) announce(key string, ev OperatorEvent) {
+	(&env{links: r.links, copies: r.links, hard: r.hard, e: r.e}).announce(key, ev)
+}
+
+// declare declares plan on a channel of its own.
+func (e *Engine) declare(ctx context.Context, l *links, plan topology.Plan) error {
+	return e.withChannel(ctx, l, func(ch *amqp.Channel) error { return topology.Declare(ch, plan) })
+}
+
+func (e *Engine) withChannel(ctx context.Context, l *links, f func(*amqp.Channel) error) error {
+	ch, release, err := l.channel(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
+	defer ch.Close()
+	return f(ch)
+}
+
+// unbindPending removes the bindings earlier reloads dropped, each on a
+// channel of its own: a queue or exchange deleted meanwhile (404) closes
+// the channel and leaves nothing to unbind. What fails otherwise is kept
+// for the next connection.
+func (e *Engine) unbindPending(open func() (*amqp.Channel, error)) {
+	e.mu.Lock()
+	pending := e.unbind
+	e.unbind = nil
+	e.mu.Unlock()
+	var failed []binding
+	for _, b := range pending {
+		ch, err := open()
+		if err == nil {
+			err = topology.Unbind(ch, b.exchange, b.queue, []string{b.pattern})
+			ch.Close()
+		}
+		var amqpErr *amqp.Error
+		if err != nil && !(errors.As(err, &amqpErr) && amqpErr.Code == amqp.NotFound) {
+			failed = append(failed, b)
+		}
+	}
+	if len(failed) > 0 {
+		e.mu.Lock()
+		e.unbind = append(e.unbind, failed...)
+		e.mu.Unlock()
+	}
+}
+
 // plan pairs each subscription of cfg with the subscriber to run it: the
-// current one when nothing about it changed and it is not paused, else a
-// new one.
+// current one when nothing about it (or the broker section) changed and it
+// is not paused, else a new one.
 func (e *Engine) plan(cfg *config.Config) []*subscriber {
-	_, old := e.current()
+	cur, old := e.current()
 	byName := make(map[string]*subscriber, len(old))
 	for _, s := range old {
 		byName[s.name] = s
 	}
+	sameBroker := cur != nil && reflect.DeepEqual(cur.Broker, cfg.Broker)
 	subs := make([]*subscriber, 0, len(cfg.Subscriptions))
 	for _, sc := range cfg.Subscriptions {
-		if s, ok := byName[sc.Name]; ok && reflect.DeepEqual(s.opts, sc) && !s.paused.Load() {
+		if s, ok := byName[sc.Name]; ok && sameBroker && reflect.DeepEqual(s.opts, sc) && !s.paused.Load() {
 			subs = append(subs, s)
 			continue
 		}
-		subs = append(subs, e.newSubscriber(cfg, sc))
+		subs = append(subs, newSubscriber(cfg, sc, buildinfo.UserAgent(), e.seen, e.log, e.metrics.For(sc.Name)))
 	}
 	return subs
 }
 
 // swap makes cfg and subs current and forgets removed subscriptions'
 // metrics.
-// Replaced subscribers must have stopped.
 func (e *Engine) swap(cfg *config.Config, subs []*subscriber) {
 	e.mu.Lock()
 	old := e.subs
 	e.cfg, e.subs = cfg, subs
 	e.mu.Unlock()
 	for _, s := range old {
-		if slices.Contains(subs, s) {
-			continue
-		}
-		s.client.Close()
 		if _, ok := cfg.Subscription(s.name); !ok {
 			e.metrics.Forget(s.name)
 		}
 	}
-}
-
-// reload applies next inside a running session: stop (after draining)
-// what was removed or changed, declare what is new, start it.
-func (e *Engine) reload(sess *session, conn *amqp.Connection, running map[string]*runningSub, start func(*subscriber), next *config.Config) error {
-	cur, old := e.current()
-	subs := e.plan(next)
-	if !reflect.DeepEqual(cur.Broker, next.Broker) {
-		e.swap(next, subs)
-		return errReload
-	}
-	keep := make(map[*subscriber]bool, len(subs))
-	for _, s := range subs {
-		keep[s] = true
-	}
-	for _, s := range old {
-		if keep[s] {
-			continue
-		}
-		running[s.name].stop()
-		<-running[s.name].done
-		delete(running, s.name)
-		sc, still := next.Subscription(s.name)
-		if still && s.paused.Load() {
-			e.log.Info("subscription resumed by reload", "subscription", s.name)
-			sess.announce(KeyResumed, OperatorEvent{Subscription: s.name, At: time.Now().UTC()})
-		}
-		gone := s.opts.Events
-		if still {
-			gone = slices.DeleteFunc(slices.Clone(gone), func(p string) bool { return slices.Contains(sc.Events, p) })
-		} else {
-			e.log.Warn("subscription removed: stopped after draining; its queues are kept and unbound, delete them once empty",
-				"subscription", s.name, "queue", s.work)
-		}
-		// Stop routing new events to patterns no longer configured.
-		if err := topology.Unbind(conn, cur.Broker.Exchange, s.work, gone); err != nil {
-			return err
-		}
-	}
-	if err := topology.Apply(conn, topology.For(next)); err != nil {
-		if isPermanent(err) {
-			e.log.Error("reload could not declare the new topology; restarting the session", logging.Err(err))
-		}
-		return err
-	}
-	e.swap(next, subs)
-	for _, s := range subs {
-		if _, ok := running[s.name]; !ok {
-			start(s)
-		}
-	}
-	if next.Server != cur.Server {
-		e.log.Warn("server settings take effect on restart")
-	}
-	e.log.Info("config reloaded", "subscriptions", len(subs))
-	return nil
 }
 
 func (e *Engine) current() (*config.Config, []*subscriber) {
@@ -428,65 +396,23 @@ func (e *Engine) current() (*config.Config, []*subscriber) {
 	return e.cfg, e.subs
 }
 
-// Connected reports whether a broker session is up, and the last error.
+// Connected reports whether warren has a broker connection, and the last
+// error.
 func (e *Engine) Connected() (bool, error) {
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.connected, e.lastErr
+	l, err := e.links, e.lastErr
+	e.mu.Unlock()
+	return l != nil && l.up(), err
 }
 
 func (e *Engine) setConnected(up bool, err error) {
 	e.mu.Lock()
-	e.connected, e.lastErr = up, err
+	e.lastErr = err
 	e.mu.Unlock()
 	if up {
 		e.metrics.BrokerConnected.Set(1)
 	} else {
 		e.metrics.BrokerConnected.Set(0)
-	}
-}
-
-// sampleDepths reads every queue's depth with passive declares on a channel
-// of its own until ctx ends.
-func (e *Engine) sampleDepths(ctx context.Context, conn *amqp.Connection) {
-	tick := time.NewTicker(e.SampleEvery)
-	defer tick.Stop()
-	var ch *amqp.Channel
-	defer func() {
-		if ch != nil {
-			ch.Close()
-		}
-	}()
-	depth := func(queue string) int {
-		if ch == nil || ch.IsClosed() {
-			var err error
-			if ch, err = conn.Channel(); err != nil {
-				return 0
-			}
-		}
-		// A missing queue closes the channel; the next call reopens it.
-		q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
-		if err != nil {
-			return 0
-		}
-		return q.Messages
-	}
-	for {
-		_, subs := e.current()
-		for _, s := range subs {
-			retry := 0
-			for _, q := range s.tiers {
-				retry += depth(q)
-			}
-			s.metrics.WorkMessages.Set(float64(depth(s.work)))
-			s.metrics.RetryMessages.Set(float64(retry))
-			s.metrics.DeadMessages.Set(float64(depth(s.dead)))
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
 	}
 }
 
@@ -500,34 +426,19 @@ func (e *Engine) SubscriptionStates() map[string]string {
 	return states
 }
 
-func closeConn(c *amqp.Connection) {
-	// A blocked broker does not read: do not wait for close-ok forever.
-	_ = c.CloseDeadline(time.Now().Add(5 * time.Second))
+// hash identifies a loaded config in warren_config_hash: the first 52 bits
+// of the SHA-256 of its effective form (secrets masked), so a float64
+// holds it exactly.
+func hash(cfg *config.Config) float64 {
+	sum := sha256.Sum256(cfg.Effective())
+	return float64(binary.BigEndian.Uint64(sum[:8]) >> 12)
 }
 
-// closeConnNow drops a connection that cannot be closed politely (blocked,
-// or a publish on it hangs).
-func closeConnNow(c *amqp.Connection) {
-	_ = c.CloseDeadline(time.Now().Add(100 * time.Millisecond))
-}
-
-func closedErr(err *amqp.Error) error {
-	if err == nil {
-		return errors.New("closed")
-	}
-	return err
-}
-
-// isPermanent tells a broker refusal that redialing cannot fix (a queue
-// declared with other arguments, a missing exchange) from a lost connection.
-func isPermanent(err error) bool {
-	var amqpErr *amqp.Error
-	if !errors.As(err, &amqpErr) {
-		return false
-	}
-	switch amqpErr.Code {
-	case amqp.PreconditionFailed, amqp.NotFound, amqp.AccessRefused, amqp.NotAllowed:
-		return true
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
 	}
 	return false
 }

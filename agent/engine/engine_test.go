@@ -152,7 +152,7 @@ func TestRetryLadderKeepsIDAndWaitsEachTier(t *testing.T) {
 		t.Errorf("endpoint got %d requests, want exactly 3", n)
 	}
 	s := cfg.Subscriptions[0]
-	for _, q := range []string{cfg.WorkQueue(s), cfg.RetryQueue(s, delays[0]), cfg.RetryQueue(s, delays[1]), cfg.DeadQueue(s)} {
+	for _, q := range []string{cfg.WorkQueue(s), cfg.RetryQueue(delays[0]), cfg.RetryQueue(delays[1]), cfg.DeadQueue(s)} {
 		if n := warrentest.Depth(t, q); n != 0 {
 			t.Errorf("queue %s holds %d messages, want 0", q, n)
 		}
@@ -323,8 +323,9 @@ func TestTopologyConflictStopsEngine(t *testing.T) {
 	defer cancel()
 	err := e.Run(ctx)
 	var fatal *engine.FatalError
-	if !errors.As(err, &fatal) || !strings.Contains(err.Error(), cfg.WorkQueue(cfg.Subscriptions[0])) || !strings.Contains(err.Error(), "delete_queue") {
-		t.Fatalf("Run = %v, want a fatal error naming the queue and the fix", err)
+	if !errors.As(err, &fatal) || !strings.Contains(err.Error(), `queue "`+cfg.Broker.QueuePrefix+".") ||
+		!strings.Contains(err.Error(), "broker.queue_type quorum") || !strings.Contains(err.Error(), "delete_queue") {
+		t.Fatalf("Run = %v, want a fatal error naming the queue, the queue type and the fix", err)
 	}
 }
 

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
+	"math/rand/v2"
 	"sync/atomic"
 	"time"
 
@@ -13,28 +13,32 @@ import (
 
 	"github.com/warren-hq/warren/agent/dedup"
 	"github.com/warren-hq/warren/agent/delivery"
-	"github.com/warren-hq/warren/agent/event"
 	"github.com/warren-hq/warren/agent/logging"
 	"github.com/warren-hq/warren/agent/metrics"
+	"github.com/warren-hq/warren/agent/topology"
 	"github.com/warren-hq/warren/config"
 	"golang.org/x/time/rate"
 )
 
 // Subscription states, as /readyz shows them.
 const (
-	StateStarting  = "starting"
-	StateConsuming = "consuming"
-	StatePaused    = "paused" // after 410 Gone, until reload or restart
+	StateStarting   = "starting"   // declaring its queues, not consuming yet
+	StateConsuming  = "consuming"  // taking deliveries
+	StateRestarting = "restarting" // its channel or connection failed; back after a backoff
+	StatePaused     = "paused"     // after 410 Gone, until reload or restart
 )
 
-// subscriber runs one subscription: a consumer on its work queue feeding
-// `concurrency` workers.
+// subscriber runs one subscription: a supervised consumer on its work
+// queue that starts an attempt per delivery, up to `concurrency` at once.
 type subscriber struct {
 	name     string
 	opts     config.Subscription
+	exchange string
 	work     string
 	dead     string
-	tiers    map[time.Duration]string // delay -> tier queue
+	queues   []topology.Queue // work and dead
+	tiers    map[time.Duration]string
+	shared   topology.Plan // exchange and tiers, redeclared with its own queues on repair
 	endpoint *delivery.Endpoint
 	client   *delivery.Client
 	seen     *dedup.Window
@@ -52,9 +56,12 @@ func newSubscriber(cfg *config.Config, s config.Subscription, userAgent string, 
 	sub := &subscriber{
 		name:     s.Name,
 		opts:     s,
+		exchange: cfg.Broker.Exchange,
 		work:     cfg.WorkQueue(s),
 		dead:     cfg.DeadQueue(s),
+		queues:   topology.Subscription(cfg, s),
 		tiers:    make(map[time.Duration]string),
+		shared:   topology.Shared(cfg),
 		endpoint: delivery.NewEndpoint(s, userAgent),
 		client:   delivery.NewClient(s.Concurrency, s.Timeout),
 		seen:     seen,
@@ -63,7 +70,7 @@ func newSubscriber(cfg *config.Config, s config.Subscription, userAgent string, 
 		pause:    make(chan struct{}, 1),
 	}
 	for _, d := range s.Tiers() {
-		sub.tiers[d] = cfg.RetryQueue(s, d)
+		sub.tiers[d] = cfg.RetryQueue(d)
 	}
 	sub.breaker = newBreaker(s.CircuitBreaker.Failures, s.CircuitBreaker.Cooldown, sub.log, m)
 	if s.RateLimit > 0 {
@@ -78,14 +85,66 @@ func newSubscriber(cfg *config.Config, s config.Subscription, userAgent string, 
 // State is what the subscription is doing now.
 func (s *subscriber) State() string { return s.state.Load().(string) }
 
-// run consumes until ctx ends or the channel fails, stopping and
-// restarting the consumer as the subscription pauses or its circuit opens.
-func (s *subscriber) run(ctx, hard context.Context, sess *session, publishTimeout time.Duration) error {
-	ch, err := sess.consume.Channel()
-	if err != nil {
-		return fmt.Errorf("subscription %s: open channel: %w", s.name, err)
+// env is what a running subscriber uses from the engine.
+type env struct {
+	links  *links
+	copies store           // the links; a fake in unit tests
+	hard   context.Context // ends in-flight attempts after the shutdown grace
+	e      *Engine
+}
+
+// run supervises the subscription until ctx ends: whatever fails on its
+// channel (an error, a cancelled consumer, a deleted queue) restarts this
+// subscription alone, after a backoff of its own, redeclaring its queues.
+// Only a FatalError (its queues conflict with the broker's) is returned.
+func (s *subscriber) run(ctx context.Context, env *env) error {
+	backoff := env.e.MinBackoff
+	for {
+		started := time.Now()
+		err := s.session(ctx, env)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var fatal *FatalError
+		if errors.As(err, &fatal) {
+			return err
+		}
+		if time.Since(started) > env.e.MaxBackoff {
+			backoff = env.e.MinBackoff // it ran a good while: start over
+		}
+		s.state.Store(StateRestarting)
+		if env.links.up() {
+			s.log.Warn("subscription restarting", logging.Err(err))
+		} else {
+			s.log.Debug("subscription waiting for the broker", logging.Err(err))
+		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		backoff = min(2*backoff, env.e.MaxBackoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
 	}
+}
+
+// session runs the subscription on one channel until ctx ends or the
+// channel fails, stopping and restarting the consumer as the subscription
+// pauses or its circuit opens.
+func (s *subscriber) session(ctx context.Context, env *env) error {
+	ch, release, err := env.links.channel(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
 	defer ch.Close()
+	if err := declareLimit.do(ctx, func() error { return topology.DeclareQueues(ch, s.exchange, s.queues) }); err != nil {
+		var conflict *topology.ConflictError
+		if errors.As(err, &conflict) {
+			return &FatalError{err}
+		}
+		return err
+	}
 	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
 	cancelled := ch.NotifyCancel(make(chan string, 1))
 	for {
@@ -93,15 +152,19 @@ func (s *subscriber) run(ctx, hard context.Context, sess *session, publishTimeou
 		switch {
 		case s.paused.Load():
 			s.state.Store(StatePaused)
-			<-ctx.Done()
-			return nil
+			select {
+			case <-ctx.Done():
+				return nil
+			case err := <-closed:
+				return fmt.Errorf("channel closed: %w", closedErr(err))
+			}
 		case s.breaker.current() == open:
 			s.state.Store(StateCircuitOpen)
 			select {
 			case <-ctx.Done():
 				return nil
 			case err := <-closed:
-				return fmt.Errorf("subscription %s: channel closed: %w", s.name, closedErr(err))
+				return fmt.Errorf("channel closed: %w", closedErr(err))
 			case <-time.After(s.breaker.cooldown):
 			}
 			s.breaker.probe()
@@ -109,25 +172,27 @@ func (s *subscriber) run(ctx, hard context.Context, sess *session, publishTimeou
 		case s.breaker.current() == halfOpen:
 			probe = true
 		}
-		if err := s.consume(ctx, hard, sess, ch, closed, cancelled, probe, publishTimeout); err != nil || ctx.Err() != nil {
+		if err := s.consume(ctx, env, ch, closed, cancelled, probe); err != nil || ctx.Err() != nil {
 			return err
 		}
 	}
 }
 
 // consume runs one consumer until ctx ends, the channel fails, or the
-// subscription's state changes (paused, circuit opened or closed). Before
+// subscription's state changes (paused, circuit opened or closed). One
+// goroutine reads deliveries and starts an attempt for each while fewer
+// than `concurrency` run, so an idle subscription costs no workers. Before
 // returning it stops the consumer, requeues what was prefetched but not
-// started, and waits for in-flight attempts (hard cuts them short on
+// started, and waits for the attempts in flight (hard cuts them short on
 // shutdown). A probe consumes one message at a time.
-func (s *subscriber) consume(ctx, hard context.Context, sess *session, ch *amqp.Channel,
-	closed <-chan *amqp.Error, cancelled <-chan string, probe bool, publishTimeout time.Duration) error {
+func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
+	closed <-chan *amqp.Error, cancelled <-chan string, probe bool) error {
 	prefetch, workers := s.opts.EffectivePrefetch(), s.opts.Concurrency
 	if probe {
 		prefetch, workers = 1, 1
 	}
 	if err := ch.Qos(prefetch, 0, false); err != nil {
-		return fmt.Errorf("subscription %s: set prefetch: %w", s.name, err)
+		return fmt.Errorf("set prefetch: %w", err)
 	}
 	tag := "warren." + s.name
 	deliveries, err := ch.Consume(s.work, tag,
@@ -137,7 +202,7 @@ func (s *subscriber) consume(ctx, hard context.Context, sess *session, ch *amqp.
 		false, // no-wait
 		nil)
 	if err != nil {
-		return fmt.Errorf("subscription %s: consume %s: %w", s.name, s.work, err)
+		return fmt.Errorf("consume %s: %w", s.work, err)
 	}
 	if probe {
 		s.state.Store(StateCircuitHalfOpen)
@@ -145,145 +210,85 @@ func (s *subscriber) consume(ctx, hard context.Context, sess *session, ch *amqp.
 		s.state.Store(StateConsuming)
 	}
 
-	var stopping atomic.Bool
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for d := range deliveries {
-				if stopping.Load() || s.paused.Load() {
-					// Prefetched but not started: back to the queue as is.
-					nack(&d, s.log)
-					continue
+	finished := make(chan struct{}, workers)
+	busy := 0
+	// settle waits for the attempts in flight and requeues what was
+	// prefetched but not started; cancel stops the consumer first, so that
+	// the deliveries channel closes once drained.
+	settle := func(cancel bool) {
+		if cancel {
+			_ = ch.Cancel(tag, false)
+		}
+		for d := range deliveries {
+			s.metrics.Requeued.Inc()
+			nack(&d, s.log)
+		}
+		for ; busy > 0; busy-- {
+			<-finished
+		}
+	}
+	for {
+		var next <-chan amqp.Delivery
+		if busy < workers {
+			next = deliveries
+		}
+		select {
+		case d, ok := <-next:
+			if !ok {
+				// The channel closed, or the broker cancelled the consumer.
+				settle(false)
+				select {
+				case err := <-closed:
+					return fmt.Errorf("channel closed: %w", closedErr(err))
+				case <-cancelled:
+				default:
 				}
-				s.handle(hard, sess, &d, publishTimeout)
+				return fmt.Errorf("the broker cancelled the consumer (queue %s deleted?)", s.work)
 			}
-		})
+			busy++
+			go func() {
+				s.handle(ctx, env, &d)
+				finished <- struct{}{}
+			}()
+		case <-finished:
+			busy--
+		case <-ctx.Done():
+			settle(true)
+			return nil
+		case <-s.pause:
+			settle(true)
+			s.log.Error("subscription paused: the endpoint answered 410 Gone; reload or restart to resume")
+			return nil
+		case <-s.breaker.changed:
+			settle(true)
+			return nil
+		case err := <-closed:
+			settle(false)
+			return fmt.Errorf("channel closed: %w", closedErr(err))
+		case <-cancelled:
+			settle(false)
+			return fmt.Errorf("the broker cancelled the consumer (queue %s deleted?)", s.work)
+		}
 	}
-	stop := func() {
-		stopping.Store(true)
-		_ = ch.Cancel(tag, false) // deliveries closes once the buffer is drained
-		wg.Wait()
-	}
+}
 
+// declareLimit bounds the subscriptions declaring their queues at once:
+// thousands starting together would otherwise queue thousands of
+// synchronous declares on the broker.
+var declareLimit = newLimit(32)
+
+type limit chan struct{}
+
+func newLimit(n int) limit { return make(limit, n) }
+
+func (l limit) do(ctx context.Context, f func() error) error {
 	select {
+	case l <- struct{}{}:
 	case <-ctx.Done():
-		stop()
-		return nil
-	case <-s.pause:
-		stop()
-		s.log.Error("subscription paused: the endpoint answered 410 Gone; reload or restart to resume")
-		return nil
-	case <-s.breaker.changed:
-		stop()
-		return nil
-	case err := <-closed:
-		stopping.Store(true)
-		wg.Wait()
-		return fmt.Errorf("subscription %s: channel closed: %w", s.name, closedErr(err))
-	case <-cancelled:
-		stop()
-		return fmt.Errorf("subscription %s: the broker cancelled the consumer (queue %s deleted?)", s.name, s.work)
+		return ctx.Err()
 	}
-}
-
-// handle makes one attempt and settles the delivery: ack after a 2xx, or
-// after the broker confirmed the retry or parking copy that replaces it;
-// otherwise nack with requeue so nothing is lost.
-func (s *subscriber) handle(hard context.Context, sess *session, d *amqp.Delivery, publishTimeout time.Duration) {
-	now := time.Now()
-	ev := event.FromDelivery(d, now)
-	dedupKey := dedup.Key{Subscription: s.name, Event: ev.ID}
-	if s.seen.Contains(dedupKey) {
-		ack(d, s.log)
-		s.logEvent(slog.LevelDebug, "duplicate of an event already delivered; acked without sending", &ev)
-		return
-	}
-
-	if s.limiter != nil {
-		if err := s.limiter.Wait(hard); err != nil {
-			nack(d, s.log) // shutting down
-			return
-		}
-		now = time.Now()
-	}
-	s.metrics.InFlight.Inc()
-	res := s.client.Send(hard, s.endpoint, &ev, now)
-	s.metrics.InFlight.Dec()
-	if res.Status == 0 && hard.Err() != nil {
-		s.metrics.Requeued.Inc()
-		nack(d, s.log)
-		s.logEvent(slog.LevelWarn, "attempt cut short by shutdown; requeued", &ev, slog.Int64("duration_ms", res.Duration.Milliseconds()))
-		return
-	}
-	if !res.Invalid {
-		s.metrics.Latency.Observe(res.Duration.Seconds())
-	}
-	dec := delivery.Decide(res, ev.Attempt, s.opts.Retry)
-	s.breaker.record(dec.Action == delivery.Ack || !dec.EndpointFailed)
-	if dec.Action == delivery.Ack {
-		s.seen.Add(dedupKey)
-		ack(d, s.log)
-		s.metrics.Delivered.Inc()
-		s.logEvent(slog.LevelInfo, "delivered", &ev, slog.Int("status", res.Status), slog.Int64("duration_ms", res.Duration.Milliseconds()))
-		return
-	}
-
-	queue, parkedAt, lastErr := s.dead, now, res.Err.Error()
-	if dec.Action == delivery.Retry {
-		queue, parkedAt = s.tiers[dec.Delay], time.Time{}
-	}
-	if dec.Reason != "" && dec.Reason != lastErr {
-		lastErr = dec.Reason + ": " + lastErr
-	}
-	msg := event.Copy(d, ev, event.Outcome{Status: res.Status, Error: lastErr}, parkedAt)
-	pctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
-	err := sess.publisher.Publish(pctx, "", queue, msg)
-	cancel()
-	if err != nil {
-		nack(d, s.log)
-		s.metrics.Requeued.Inc()
-		s.logEvent(slog.LevelWarn, "could not store the "+dec.Action.String()+" copy; requeued the original", &ev, logging.Err(err))
-		if errors.Is(err, context.DeadlineExceeded) {
-			// A publish that hangs means a blocked or broken connection:
-			// end the session rather than hang every worker behind it.
-			sess.abort()
-		}
-		return
-	}
-	ack(d, s.log)
-	attrs := []slog.Attr{slog.Int("status", res.Status), slog.Int64("duration_ms", res.Duration.Milliseconds())}
-	if dec.Reason != res.Err.Error() {
-		attrs = append(attrs, logging.Err(res.Err))
-	}
-	if dec.Action == delivery.Retry {
-		s.metrics.Retried.Inc()
-		s.logEvent(slog.LevelWarn, "retry scheduled", &ev, append(attrs, slog.String("delay", dec.Delay.String()))...)
-		return
-	}
-	s.metrics.Parked.Inc()
-	s.logEvent(slog.LevelError, "parked", &ev, append(attrs, slog.String("reason", dec.Reason), slog.String("queue", s.dead))...)
-	sess.announce(KeyParked, OperatorEvent{
-		Subscription: s.name, EventID: ev.ID, Type: ev.Type, Attempts: ev.Attempt,
-		LastStatus: res.Status, Reason: lastErr, At: now.UTC(),
-	})
-	if dec.Pause && !s.paused.Swap(true) {
-		s.metrics.Paused.Set(1)
-		s.pause <- struct{}{}
-		sess.announce(KeyPaused, OperatorEvent{Subscription: s.name, Reason: dec.Reason, At: now.UTC()})
-	}
-}
-
-// logEvent logs one line about ev: the event's attributes are added here,
-// not with Logger.With, which would format them for every message even when
-// the line is not written.
-func (s *subscriber) logEvent(level slog.Level, msg string, ev *event.Event, attrs ...slog.Attr) {
-	ctx := context.Background()
-	if !s.log.Enabled(ctx, level) {
-		return
-	}
-	all := make([]slog.Attr, 0, 3+len(attrs))
-	all = append(all, slog.String("event_id", ev.ID), slog.String("type", ev.Type), slog.Int("attempt", ev.Attempt))
-	s.log.LogAttrs(ctx, level, msg, append(all, attrs...)...)
+	defer func() { <-l }()
+	return f()
 }
 
 func ack(d *amqp.Delivery, log *slog.Logger) {

@@ -3,6 +3,7 @@
 package event
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"strconv"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warren-hq/warren/agent/broker"
 )
 
 // Headers warren sets on the copies it publishes. They carry no x- prefix:
@@ -23,7 +26,16 @@ const (
 	HeaderLastError      = "warren-last-error"       // short reason, no secrets
 	HeaderParkedAt       = "warren-parked-at"        // RFC 3339, on parked copies
 	HeaderAPIVersion     = "api_version"             // copied into the envelope
+	// HeaderReplay marks a message put back by `warren replay`: the dedup
+	// window must not swallow it.
+	HeaderReplay = "warren-replay"
 )
+
+// IsReplay reports whether d was put back by a replay.
+func IsReplay(d *amqp.Delivery) bool {
+	_, ok := d.Headers[HeaderReplay]
+	return ok
+}
 
 // Event is one message as warren delivers it.
 type Event struct {
@@ -50,6 +62,8 @@ func FromDelivery(d *amqp.Delivery, now time.Time) Event {
 	}
 	if key, ok := d.Headers[HeaderRoutingKey].(string); ok {
 		ev.Type = key
+	} else if key, ok := deadLetteredFrom(d.Headers); ok {
+		ev.Type = key
 	}
 	if n, ok := intHeader(d.Headers[HeaderAttempt]); ok && n >= 0 {
 		ev.Attempt = n + 1
@@ -72,6 +86,11 @@ func FromDelivery(d *amqp.Delivery, now time.Time) Event {
 	return ev
 }
 
+// NewID returns a fresh event id, for a message published without one.
+func NewID() string {
+	return "evt_" + strings.ToLower(rand.Text()) // 128 random bits
+}
+
 // ID derives a stable event id for a message published without message_id:
 // the same message redelivered gets the same id.
 func ID(exchange, routingKey string, ts time.Time, body []byte) string {
@@ -87,6 +106,26 @@ func ID(exchange, routingKey string, ts time.Time, body []byte) string {
 	return "evt_" + hex.EncodeToString(h.Sum(sum[:0])[:16])
 }
 
+// deadLetteredFrom is the routing key a message had when the broker itself
+// dead-lettered it (a quorum queue's delivery limit), before warren ever
+// stamped its own headers: the oldest x-death entry names it.
+func deadLetteredFrom(h amqp.Table) (string, bool) {
+	deaths, ok := h["x-death"].([]any)
+	if !ok || len(deaths) == 0 {
+		return "", false
+	}
+	first, ok := deaths[len(deaths)-1].(amqp.Table)
+	if !ok {
+		return "", false
+	}
+	keys, ok := first["routing-keys"].([]any)
+	if !ok || len(keys) == 0 {
+		return "", false
+	}
+	key, ok := keys[0].(string)
+	return key, ok
+}
+
 // Outcome describes the attempt a copy records.
 type Outcome struct {
 	Status int    // HTTP status, 0 when there was no answer
@@ -100,7 +139,7 @@ type Outcome struct {
 func Copy(d *amqp.Delivery, ev Event, o Outcome, parkedAt time.Time) amqp.Publishing {
 	headers := make(amqp.Table, len(d.Headers)+6)
 	for k, v := range d.Headers {
-		if k == "x-death" || strings.HasPrefix(k, "x-first-death-") || strings.HasPrefix(k, "x-last-death-") {
+		if k == "x-death" || strings.HasPrefix(k, "x-first-death-") || strings.HasPrefix(k, "x-last-death-") || k == broker.HeaderPublishTag {
 			continue
 		}
 		headers[k] = v
@@ -124,9 +163,11 @@ func Copy(d *amqp.Delivery, ev Event, o Outcome, parkedAt time.Time) amqp.Publis
 		MessageId:       ev.ID,
 		Timestamp:       d.Timestamp,
 		Type:            d.Type,
-		UserId:          d.UserId,
-		AppId:           d.AppId,
-		Body:            d.Body,
+		// No UserId: RabbitMQ refuses a user_id other than the publishing
+		// connection's login and closes the channel, so a publisher's own
+		// user_id would make every copy fail.
+		AppId: d.AppId,
+		Body:  d.Body,
 	}
 }
 
@@ -134,10 +175,18 @@ func Copy(d *amqp.Delivery, ev Event, o Outcome, parkedAt time.Time) amqp.Publis
 // queue: same id and body, attempt count and last outcome cleared.
 func Replay(d *amqp.Delivery, ev Event) amqp.Publishing {
 	p := Copy(d, ev, Outcome{}, time.Time{})
-	for _, k := range []string{HeaderAttempt, HeaderLastStatus, HeaderLastError, HeaderParkedAt} {
+	for _, k := range []string{HeaderAttempt, HeaderLastStatus, HeaderLastError, HeaderParkedAt, HeaderFirstAttemptAt} {
 		delete(p.Headers, k)
 	}
 	return p
+}
+
+// Stamp builds the copy that gives a message published without message_id
+// an id of its own before its first attempt, so that two publishes with
+// equal bodies are two events and every later hop keeps the id.
+func Stamp(d *amqp.Delivery, ev Event) amqp.Publishing {
+	ev.ID = NewID()
+	return Replay(d, ev)
 }
 
 // Parked is what `dead list` shows of a parked message.

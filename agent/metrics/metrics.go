@@ -27,8 +27,11 @@ type Metrics struct {
 	circuitOpen     *prometheus.GaugeVec
 	paused          *prometheus.GaugeVec
 	queueMessages   *prometheus.GaugeVec
+	dedupSkipped    *prometheus.CounterVec
+	tierMessages    *prometheus.GaugeVec
 	BrokerConnected prometheus.Gauge
 	Reloads         *prometheus.CounterVec
+	ConfigHash      prometheus.Gauge
 }
 
 // New registers every metric on a fresh registry, with Go and process
@@ -59,8 +62,16 @@ func New() *Metrics {
 		}, []string{"subscription"}),
 		queueMessages: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "warren_queue_messages",
-			Help: "Ready messages in the subscription's queues (kind: work, retry, dead), sampled from the broker.",
+			Help: "Ready messages in the subscription's queues (kind: work, dead), sampled from the broker.",
 		}, []string{"subscription", "kind"}),
+		tierMessages: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "warren_retry_tier_messages",
+			Help: "Messages waiting in a retry tier shared by every subscription of the prefix, sampled from the broker.",
+		}, []string{"queue"}),
+		dedupSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "warren_dedup_skipped_total",
+			Help: "Redeliveries of events already delivered that the dedup window acked without sending.",
+		}, []string{"subscription"}),
 		BrokerConnected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "warren_broker_connected",
 			Help: "1 while a broker session is up.",
@@ -69,6 +80,10 @@ func New() *Metrics {
 			Name: "warren_config_reloads_total",
 			Help: "Config reloads by result (success, failure).",
 		}, []string{"result"}),
+		ConfigHash: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "warren_config_hash",
+			Help: "Hash of the config in force (52 bits of its SHA-256, secrets masked): changes when a reload applies.",
+		}),
 	}
 	info := buildinfo.Get()
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
@@ -78,7 +93,7 @@ func New() *Metrics {
 	})
 	build.Set(1)
 	m.Registry.MustRegister(m.deliveries, m.latency, m.inFlight, m.circuitOpen, m.paused, m.queueMessages,
-		m.BrokerConnected, m.Reloads, build,
+		m.tierMessages, m.dedupSkipped, m.BrokerConnected, m.Reloads, m.ConfigHash, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -90,32 +105,37 @@ type Subscription struct {
 	InFlight                             prometheus.Gauge
 	CircuitOpen                          prometheus.Gauge
 	Paused                               prometheus.Gauge
-	WorkMessages, RetryMessages          prometheus.Gauge
-	DeadMessages                         prometheus.Gauge
+	WorkMessages, DeadMessages           prometheus.Gauge
+	DedupSkipped                         prometheus.Counter
 }
 
 // For binds the metrics of subscription name.
 func (m *Metrics) For(name string) *Subscription {
 	return &Subscription{
-		Delivered:     m.deliveries.WithLabelValues(name, OutcomeDelivered),
-		Retried:       m.deliveries.WithLabelValues(name, OutcomeRetried),
-		Parked:        m.deliveries.WithLabelValues(name, OutcomeParked),
-		Requeued:      m.deliveries.WithLabelValues(name, OutcomeRequeued),
-		Latency:       m.latency.WithLabelValues(name),
-		InFlight:      m.inFlight.WithLabelValues(name),
-		CircuitOpen:   m.circuitOpen.WithLabelValues(name),
-		Paused:        m.paused.WithLabelValues(name),
-		WorkMessages:  m.queueMessages.WithLabelValues(name, "work"),
-		RetryMessages: m.queueMessages.WithLabelValues(name, "retry"),
-		DeadMessages:  m.queueMessages.WithLabelValues(name, "dead"),
+		Delivered:    m.deliveries.WithLabelValues(name, OutcomeDelivered),
+		Retried:      m.deliveries.WithLabelValues(name, OutcomeRetried),
+		Parked:       m.deliveries.WithLabelValues(name, OutcomeParked),
+		Requeued:     m.deliveries.WithLabelValues(name, OutcomeRequeued),
+		Latency:      m.latency.WithLabelValues(name),
+		InFlight:     m.inFlight.WithLabelValues(name),
+		CircuitOpen:  m.circuitOpen.WithLabelValues(name),
+		Paused:       m.paused.WithLabelValues(name),
+		WorkMessages: m.queueMessages.WithLabelValues(name, "work"),
+		DeadMessages: m.queueMessages.WithLabelValues(name, "dead"),
+		DedupSkipped: m.dedupSkipped.WithLabelValues(name),
 	}
+}
+
+// TierMessages is the gauge of one shared retry tier's depth.
+func (m *Metrics) TierMessages(queue string) prometheus.Gauge {
+	return m.tierMessages.WithLabelValues(queue)
 }
 
 // Forget drops a removed subscription's series.
 func (m *Metrics) Forget(name string) {
 	for _, v := range []interface {
 		DeletePartialMatch(prometheus.Labels) int
-	}{m.deliveries, m.latency, m.inFlight, m.circuitOpen, m.paused, m.queueMessages} {
+	}{m.deliveries, m.latency, m.inFlight, m.circuitOpen, m.paused, m.queueMessages, m.dedupSkipped} {
 		v.DeletePartialMatch(prometheus.Labels{"subscription": name})
 	}
 }

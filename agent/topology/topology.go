@@ -1,4 +1,4 @@
-// Package topology turns a config into the exchange, queues and bindings
+// Package topology turns a config into the exchanges, queues and bindings
 // warren needs, prints that plan and declares it on the broker.
 package topology
 
@@ -18,7 +18,10 @@ import (
 // Plan is every broker object a config implies.
 type Plan struct {
 	Exchange Exchange
-	Queues   []Queue
+	// Tiers are the retry queues shared by every subscription of the
+	// prefix, each fed by a fanout exchange of the same name.
+	Tiers  []Queue
+	Queues []Queue // per subscription: work, then dead
 }
 
 // Exchange is the topic exchange the application publishes to.
@@ -36,45 +39,61 @@ type Queue struct {
 
 // For returns the plan for a whole config.
 func For(cfg *config.Config) Plan {
-	p := Plan{Exchange: Exchange{Name: cfg.Broker.Exchange, Declare: cfg.Broker.DeclareExchange}}
+	p := Shared(cfg)
 	for _, s := range cfg.Subscriptions {
 		p.Queues = append(p.Queues, Subscription(cfg, s)...)
 	}
 	return p
 }
 
-// Subscription returns the queues of one subscription: work, tiers, dead.
-func Subscription(cfg *config.Config, s config.Subscription) []Queue {
-	quorum := cfg.Broker.QueueType == config.QueueQuorum
-	work := cfg.WorkQueue(s)
-	dead := cfg.DeadQueue(s)
-	args := func() amqp.Table { return amqp.Table{"x-queue-type": cfg.Broker.QueueType} }
-	// deadLetterTo routes what a queue expires or rejects to another queue.
-	// Quorum queues dead-letter at most once unless both extra arguments are
-	// set.
-	deadLetterTo := func(t amqp.Table, queue string) amqp.Table {
-		t["x-dead-letter-exchange"] = ""
-		t["x-dead-letter-routing-key"] = queue
-		if quorum {
-			t["x-dead-letter-strategy"] = "at-least-once"
-			t["x-overflow"] = "reject-publish"
-		}
-		return t
+// Shared is the part of the plan every subscription uses: the exchange and
+// the retry tiers.
+//
+// A copy to retry after delay d is published to the fanout exchange P.retry.<d>
+// with the subscription's work queue as routing key. The tier queue has a
+// TTL and dead-letters to the default exchange without a routing key of its
+// own, so each expired message goes back to the work queue its key names.
+// Every message in a tier waits the same time, so none waits behind a
+// longer one.
+func Shared(cfg *config.Config) Plan {
+	p := Plan{Exchange: Exchange{Name: cfg.Broker.Exchange, Declare: cfg.Broker.DeclareExchange}}
+	for _, d := range cfg.Tiers() {
+		t := deadLetter(cfg, amqp.Table{"x-queue-type": cfg.Broker.QueueType}, "")
+		t["x-message-ttl"] = d.Milliseconds()
+		p.Tiers = append(p.Tiers, Queue{Name: cfg.RetryQueue(d), Args: t})
 	}
+	return p
+}
 
-	workArgs := args()
-	if quorum {
+// Subscription returns the queues of one subscription: work and dead.
+func Subscription(cfg *config.Config, s config.Subscription) []Queue {
+	work, dead := cfg.WorkQueue(s), cfg.DeadQueue(s)
+	workArgs := amqp.Table{"x-queue-type": cfg.Broker.QueueType}
+	if cfg.Broker.QueueType == config.QueueQuorum {
 		// Since RabbitMQ 4.0 a quorum queue drops a message redelivered more
 		// than 20 times unless it has somewhere to dead-letter it.
-		workArgs = deadLetterTo(workArgs, dead)
+		workArgs = deadLetter(cfg, workArgs, dead)
 	}
-	queues := []Queue{{Name: work, Args: workArgs, Patterns: s.Events}}
-	for _, d := range s.Tiers() {
-		t := deadLetterTo(args(), work)
-		t["x-message-ttl"] = d.Milliseconds()
-		queues = append(queues, Queue{Name: cfg.RetryQueue(s, d), Args: t})
+	return []Queue{
+		{Name: work, Args: workArgs, Patterns: s.Events},
+		{Name: dead, Args: amqp.Table{"x-queue-type": cfg.Broker.QueueType}},
 	}
-	return append(queues, Queue{Name: dead, Args: args()})
+}
+
+// deadLetter routes what a queue expires or rejects through the default
+// exchange, to queue when it is set, else by the message's own routing key.
+// Quorum queues dead-letter at most once unless both extra arguments are
+// set.
+func deadLetter(cfg *config.Config, t amqp.Table, queue string) amqp.Table {
+	t["x-dead-letter-exchange"] = ""
+	if queue != "" {
+		t["x-dead-letter-routing-key"] = queue
+	}
+	if cfg.Broker.QueueType == config.QueueQuorum {
+		t["x-dead-letter-strategy"] = "at-least-once"
+		t["x-overflow"] = "reject-publish"
+	}
+	return t
 }
 
 // Write prints the plan, one object per line, bindings indented under their
@@ -85,6 +104,11 @@ func (p Plan) Write(w io.Writer) error {
 		fmt.Fprintf(&b, "exchange %s (topic, durable)\n", p.Exchange.Name)
 	} else {
 		fmt.Fprintf(&b, "exchange %s (topic, must exist)\n", p.Exchange.Name)
+	}
+	for _, q := range p.Tiers {
+		fmt.Fprintf(&b, "exchange %s (fanout, durable)\n", q.Name)
+		fmt.Fprintf(&b, "queue %s (durable)%s\n", q.Name, formatArgs(q.Args))
+		fmt.Fprintf(&b, "  bound to %s\n", q.Name)
 	}
 	for _, q := range p.Queues {
 		fmt.Fprintf(&b, "queue %s (durable)%s\n", q.Name, formatArgs(q.Args))
@@ -108,15 +132,21 @@ func formatArgs(t amqp.Table) string {
 	return b.String()
 }
 
-// Apply declares the plan. Declaring is idempotent; a queue that exists
-// with other arguments is reported with the fix.
+// Apply declares the plan on a channel of its own.
 func Apply(conn *amqp.Connection, p Plan) error {
 	ch, err := conn.Channel()
 	if err != nil {
 		return fmt.Errorf("open channel: %w", err)
 	}
 	defer ch.Close()
+	return Declare(ch, p)
+}
 
+// Declare declares the plan on ch. Declaring is idempotent; a queue that
+// exists with other arguments is reported with the fix. A failed declare
+// closes ch.
+func Declare(ch *amqp.Channel, p Plan) error {
+	var err error
 	if p.Exchange.Declare {
 		err = ch.ExchangeDeclare(p.Exchange.Name, amqp.ExchangeTopic,
 			true,  // durable
@@ -130,13 +160,43 @@ func Apply(conn *amqp.Connection, p Plan) error {
 	if err != nil {
 		return exchangeError(p.Exchange, err)
 	}
-	for _, q := range p.Queues {
+	for _, q := range p.Tiers {
+		if err := DeclareTier(ch, q); err != nil {
+			return err
+		}
+	}
+	return DeclareQueues(ch, p.Exchange.Name, p.Queues)
+}
+
+// DeclareTier declares one retry tier: its fanout exchange and its queue.
+func DeclareTier(ch *amqp.Channel, q Queue) error {
+	if err := ch.ExchangeDeclare(q.Name, amqp.ExchangeFanout,
+		true,  // durable
+		false, // auto-delete
+		false, // internal
+		false, // no-wait
+		nil); err != nil {
+		return fmt.Errorf("declare exchange %q: %w", q.Name, err)
+	}
+	if err := declareQueue(ch, q); err != nil {
+		return err
+	}
+	if err := ch.QueueBind(q.Name, "", q.Name, false, nil); err != nil {
+		return fmt.Errorf("bind queue %q to %q: %w", q.Name, q.Name, err)
+	}
+	return nil
+}
+
+// DeclareQueues declares queues and binds each to exchange with its
+// patterns.
+func DeclareQueues(ch *amqp.Channel, exchange string, queues []Queue) error {
+	for _, q := range queues {
 		if err := declareQueue(ch, q); err != nil {
 			return err
 		}
 		for _, pattern := range q.Patterns {
-			if err := ch.QueueBind(q.Name, pattern, p.Exchange.Name, false, nil); err != nil {
-				return fmt.Errorf("bind queue %q to %q with %q: %w", q.Name, p.Exchange.Name, pattern, err)
+			if err := ch.QueueBind(q.Name, pattern, exchange, false, nil); err != nil {
+				return fmt.Errorf("bind queue %q to %q with %q: %w", q.Name, exchange, pattern, err)
 			}
 		}
 	}
@@ -145,12 +205,7 @@ func Apply(conn *amqp.Connection, p Plan) error {
 
 // Unbind removes bindings of a queue that the config no longer lists.
 // Unbinding a binding that does not exist is not an error in RabbitMQ.
-func Unbind(conn *amqp.Connection, exchange, queue string, patterns []string) error {
-	ch, err := conn.Channel()
-	if err != nil {
-		return fmt.Errorf("open channel: %w", err)
-	}
-	defer ch.Close()
+func Unbind(ch *amqp.Channel, exchange, queue string, patterns []string) error {
 	for _, pattern := range patterns {
 		if err := ch.QueueUnbind(queue, pattern, exchange, nil); err != nil {
 			return fmt.Errorf("unbind queue %q from %q with %q: %w", queue, exchange, pattern, err)
@@ -168,16 +223,30 @@ func declareQueue(ch *amqp.Channel, q Queue) error {
 		q.Args)
 	var amqpErr *amqp.Error
 	if errors.As(err, &amqpErr) && amqpErr.Code == amqp.PreconditionFailed {
-		return fmt.Errorf("queue %q exists with other arguments: "+
-			"a queue's settings cannot change in place; drain it, then delete it with "+
-			"`rabbitmqctl delete_queue %s` and start warren again, or use another broker.queue_prefix: %w",
-			q.Name, q.Name, err)
+		return &ConflictError{Queue: q.Name, Type: fmt.Sprint(q.Args["x-queue-type"]), Err: err}
 	}
 	if err != nil {
 		return fmt.Errorf("declare queue %q: %w", q.Name, err)
 	}
 	return nil
 }
+
+// ConflictError is a queue that exists with other arguments than the
+// config implies, most often because broker.queue_type changed.
+type ConflictError struct {
+	Queue string
+	Type  string // the queue type the config asks for
+	Err   error
+}
+
+func (e *ConflictError) Error() string {
+	return fmt.Sprintf("queue %q exists with other arguments than this config gives it (broker.queue_type %s, "+
+		"retry tiers, max_priority): a queue's type and arguments cannot change in place; "+
+		"drain it, then delete it with `rabbitmqctl delete_queue %s` and start warren again, "+
+		"or use another broker.queue_prefix (the broker said: %v)", e.Queue, e.Type, e.Queue, e.Err)
+}
+
+func (e *ConflictError) Unwrap() error { return e.Err }
 
 func exchangeError(e Exchange, err error) error {
 	var amqpErr *amqp.Error

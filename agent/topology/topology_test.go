@@ -21,53 +21,71 @@ func testConfig(queueType string, delays ...time.Duration) *config.Config {
 }
 
 func TestQuorumPlanDeadLettersAtLeastOnce(t *testing.T) {
-	queues := For(testConfig(config.QueueQuorum, time.Second, 30*time.Second)).Queues
-	atLeastOnce := amqp.Table{
-		"x-queue-type":           "quorum",
-		"x-dead-letter-exchange": "",
-		"x-dead-letter-strategy": "at-least-once",
-		"x-overflow":             "reject-publish",
-	}
-	with := func(routingKey string, ttl int64) amqp.Table {
-		t := amqp.Table{"x-dead-letter-routing-key": routingKey}
-		for k, v := range atLeastOnce {
-			t[k] = v
+	plan := For(testConfig(config.QueueQuorum, time.Second, 30*time.Second))
+	atLeastOnce := func(extra amqp.Table) amqp.Table {
+		t := amqp.Table{
+			"x-queue-type":           "quorum",
+			"x-dead-letter-exchange": "",
+			"x-dead-letter-strategy": "at-least-once",
+			"x-overflow":             "reject-publish",
 		}
-		if ttl > 0 {
-			t["x-message-ttl"] = ttl
+		for k, v := range extra {
+			t[k] = v
 		}
 		return t
 	}
 	want := []Queue{
 		// The work queue parks what RabbitMQ 4's delivery limit would drop.
-		{Name: "warren.orders", Args: with("warren.orders.dead", 0), Patterns: []string{"order.*", "payment.#"}},
-		{Name: "warren.orders.retry.1s", Args: with("warren.orders", 1000)},
-		{Name: "warren.orders.retry.30s", Args: with("warren.orders", 30000)},
+		{Name: "warren.orders", Args: atLeastOnce(amqp.Table{"x-dead-letter-routing-key": "warren.orders.dead"}), Patterns: []string{"order.*", "payment.#"}},
 		{Name: "warren.orders.dead", Args: amqp.Table{"x-queue-type": "quorum"}},
 	}
-	if !reflect.DeepEqual(queues, want) {
-		t.Errorf("quorum plan:\n got %#v\nwant %#v", queues, want)
+	if !reflect.DeepEqual(plan.Queues, want) {
+		t.Errorf("quorum queues:\n got %#v\nwant %#v", plan.Queues, want)
+	}
+	// Tiers have no routing key of their own: an expired copy goes back to
+	// the work queue its routing key names.
+	wantTiers := []Queue{
+		{Name: "warren.retry.1s", Args: atLeastOnce(amqp.Table{"x-message-ttl": int64(1000)})},
+		{Name: "warren.retry.30s", Args: atLeastOnce(amqp.Table{"x-message-ttl": int64(30000)})},
+	}
+	if !reflect.DeepEqual(plan.Tiers, wantTiers) {
+		t.Errorf("quorum tiers:\n got %#v\nwant %#v", plan.Tiers, wantTiers)
 	}
 }
 
-func TestEqualDelaysShareOneTier(t *testing.T) {
+func TestTiersAreSharedAndEqualDelaysShareOne(t *testing.T) {
+	cfg := testConfig(config.QueueClassic, time.Second, time.Second, time.Second, 90*time.Second)
+	other := cfg.Subscriptions[0]
+	other.Name, other.Events = "refunds", []string{"refund.#"}
+	other.Retry.Delays = []time.Duration{time.Second, 10 * time.Second}
+	cfg.Subscriptions = append(cfg.Subscriptions, other)
 	var b strings.Builder
-	plan := For(testConfig(config.QueueClassic, time.Second, time.Second, time.Second, 90*time.Second))
+	plan := For(cfg)
 	if err := plan.Write(&b); err != nil {
 		t.Fatal(err)
 	}
 	want := `exchange events (topic, durable)
+exchange warren.retry.1s (fanout, durable)
+queue warren.retry.1s (durable) x-dead-letter-exchange="" x-message-ttl=1000 x-queue-type="classic"
+  bound to warren.retry.1s
+exchange warren.retry.10s (fanout, durable)
+queue warren.retry.10s (durable) x-dead-letter-exchange="" x-message-ttl=10000 x-queue-type="classic"
+  bound to warren.retry.10s
+exchange warren.retry.1m30s (fanout, durable)
+queue warren.retry.1m30s (durable) x-dead-letter-exchange="" x-message-ttl=90000 x-queue-type="classic"
+  bound to warren.retry.1m30s
 queue warren.orders (durable) x-queue-type="classic"
   bound to events with "order.*"
   bound to events with "payment.#"
-queue warren.orders.retry.1s (durable) x-dead-letter-exchange="" x-dead-letter-routing-key="warren.orders" x-message-ttl=1000 x-queue-type="classic"
-queue warren.orders.retry.1m30s (durable) x-dead-letter-exchange="" x-dead-letter-routing-key="warren.orders" x-message-ttl=90000 x-queue-type="classic"
 queue warren.orders.dead (durable) x-queue-type="classic"
+queue warren.refunds (durable) x-queue-type="classic"
+  bound to events with "refund.#"
+queue warren.refunds.dead (durable) x-queue-type="classic"
 `
 	if b.String() != want {
 		t.Errorf("plan:\n%s\nwant:\n%s", b.String(), want)
 	}
-	for _, q := range plan.Queues {
+	for _, q := range append(plan.Tiers, plan.Queues...) {
 		for k := range q.Args {
 			if k == "x-queue-mode" || k == "x-queue-version" {
 				t.Errorf("queue %s sets %s, which RabbitMQ 4.3 rejects", q.Name, k)

@@ -116,9 +116,16 @@ func Cleanup(t testing.TB, conn *amqp.Connection, cfg *config.Config) {
 		return
 	}
 	defer ch.Close()
-	for _, q := range topology.For(cfg).Queues {
+	plan := topology.For(cfg)
+	for _, q := range append(plan.Tiers, plan.Queues...) {
 		if _, err := ch.QueueDelete(q.Name, false, false, false); err != nil {
 			t.Errorf("cleanup: delete queue %s: %v", q.Name, err)
+			return
+		}
+	}
+	for _, q := range plan.Tiers {
+		if err := ch.ExchangeDelete(q.Name, false, false); err != nil {
+			t.Errorf("cleanup: delete exchange %s: %v", q.Name, err)
 			return
 		}
 	}
