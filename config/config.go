@@ -35,6 +35,25 @@ type Broker struct {
 	// OperatorEvents publishes warren.delivery.parked and
 	// warren.subscription.* events to Exchange.
 	OperatorEvents bool `yaml:"operator_events"`
+	// Journal keeps every event in a stream for replay; nil: off.
+	Journal *Journal `yaml:"journal"`
+}
+
+// Journal sizes the streams P.journal (every event published to the
+// exchange) and P.attempts (every delivery attempt's outcome).
+type Journal struct {
+	MaxAge   time.Duration `yaml:"max_age"`
+	MaxBytes ByteSize      `yaml:"max_bytes"`
+}
+
+// Journal defaults, used when broker.journal is written without them.
+const (
+	DefaultJournalMaxAge   = 7 * 24 * time.Hour
+	DefaultJournalMaxBytes = 10 * 1000 * 1000 * 1000
+)
+
+func (j *Journal) setDefaults() {
+	j.MaxAge, j.MaxBytes = DefaultJournalMaxAge, DefaultJournalMaxBytes
 }
 
 // TLS configures amqps:// connections. Empty fields use the system defaults.
@@ -165,6 +184,16 @@ func (c *Config) Subscription(name string) (Subscription, bool) {
 // WorkQueue is the queue a subscription consumes: P.S.
 func (c *Config) WorkQueue(s Subscription) string {
 	return c.Broker.QueuePrefix + "." + s.Name
+}
+
+// JournalStream is the stream holding every event: P.journal.
+func (c *Config) JournalStream() string {
+	return c.Broker.QueuePrefix + ".journal"
+}
+
+// AttemptsStream is the stream holding every attempt's outcome: P.attempts.
+func (c *Config) AttemptsStream() string {
+	return c.Broker.QueuePrefix + ".attempts"
 }
 
 // RetryQueue is the tier queue holding messages for delay d: P.S.retry.<d>.
