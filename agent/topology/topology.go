@@ -9,9 +9,11 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/warren-hq/warren/agent/broker"
 	"github.com/warren-hq/warren/config"
 )
 
@@ -40,7 +42,48 @@ func For(cfg *config.Config) Plan {
 	for _, s := range cfg.Subscriptions {
 		p.Queues = append(p.Queues, Subscription(cfg, s)...)
 	}
+	if j := cfg.Broker.Journal; j != nil {
+		p.Queues = append(p.Queues,
+			// Bound with "#": the broker keeps every event the app publishes.
+			Queue{Name: cfg.JournalStream(), Args: StreamArgs(*j), Patterns: []string{"#"}},
+			// Written by warren itself, never bound.
+			Queue{Name: cfg.AttemptsStream(), Args: StreamArgs(*j)})
+	}
 	return p
+}
+
+// maxSegment is RabbitMQ's default stream segment size.
+const maxSegment = 500_000_000
+
+// StreamArgs declares a stream with the journal's retention. Retention
+// removes whole segments, so a segment is at most a tenth of max_bytes:
+// otherwise a small journal would keep up to a 500MB segment past its limit.
+func StreamArgs(j config.Journal) amqp.Table {
+	return amqp.Table{
+		"x-queue-type":                    "stream",
+		"x-max-age":                       maxAge(j.MaxAge),
+		"x-max-length-bytes":              int64(j.MaxBytes),
+		"x-stream-max-segment-size-bytes": min(max(int64(j.MaxBytes)/10, 64*1024), maxSegment),
+	}
+}
+
+// maxAge writes a duration as RabbitMQ's x-max-age reads it: a whole number
+// and one unit of D, h, m or s.
+func maxAge(d time.Duration) string {
+	for _, u := range []struct {
+		unit string
+		size time.Duration
+	}{{"D", 24 * time.Hour}, {"h", time.Hour}, {"m", time.Minute}} {
+		if d%u.size == 0 {
+			return fmt.Sprintf("%d%s", d/u.size, u.unit)
+		}
+	}
+	return fmt.Sprintf("%ds", d/time.Second)
+}
+
+// IsStream reports whether q is a stream rather than a queue.
+func (q Queue) IsStream() bool {
+	return q.Args["x-queue-type"] == "stream"
 }
 
 // Subscription returns the queues of one subscription: work, tiers, dead.
@@ -87,7 +130,11 @@ func (p Plan) Write(w io.Writer) error {
 		fmt.Fprintf(&b, "exchange %s (topic, must exist)\n", p.Exchange.Name)
 	}
 	for _, q := range p.Queues {
-		fmt.Fprintf(&b, "queue %s (durable)%s\n", q.Name, formatArgs(q.Args))
+		kind := "queue"
+		if q.IsStream() {
+			kind = "stream"
+		}
+		fmt.Fprintf(&b, "%s %s (durable)%s\n", kind, q.Name, formatArgs(q.Args))
 		for _, pattern := range q.Patterns {
 			fmt.Fprintf(&b, "  bound to %s with %q\n", p.Exchange.Name, pattern)
 		}
@@ -117,6 +164,11 @@ func Apply(conn *amqp.Connection, p Plan) error {
 	}
 	defer ch.Close()
 
+	if slices.ContainsFunc(p.Queues, Queue.IsStream) {
+		if err := broker.RequireStreams(conn); err != nil {
+			return err
+		}
+	}
 	if p.Exchange.Declare {
 		err = ch.ExchangeDeclare(p.Exchange.Name, amqp.ExchangeTopic,
 			true,  // durable
@@ -167,6 +219,12 @@ func declareQueue(ch *amqp.Channel, q Queue) error {
 		false, // no-wait
 		q.Args)
 	var amqpErr *amqp.Error
+	if errors.As(err, &amqpErr) && amqpErr.Code == amqp.PreconditionFailed && q.IsStream() {
+		return fmt.Errorf("stream %q exists with other arguments (were broker.journal's sizes changed?): "+
+			"a stream's arguments cannot change in place; keep the old sizes, or delete it with "+
+			"`rabbitmqctl delete_queue %s`, losing what it holds, and start warren again: %w",
+			q.Name, q.Name, err)
+	}
 	if errors.As(err, &amqpErr) && amqpErr.Code == amqp.PreconditionFailed {
 		return fmt.Errorf("queue %q exists with other arguments: "+
 			"a queue's settings cannot change in place; drain it, then delete it with "+
