@@ -36,6 +36,25 @@ type Broker struct {
 	// OperatorEvents publishes warren.delivery.parked and
 	// warren.subscription.* events to Exchange.
 	OperatorEvents bool `yaml:"operator_events"`
+	// Journal keeps every event in a stream for replay; nil: off.
+	Journal *Journal `yaml:"journal"`
+}
+
+// Journal sizes the streams P.journal (every event published to the
+// exchange) and P.attempts (every delivery attempt's outcome).
+type Journal struct {
+	MaxAge   time.Duration `yaml:"max_age"`
+	MaxBytes ByteSize      `yaml:"max_bytes"`
+}
+
+// Journal defaults, used when broker.journal is written without them.
+const (
+	DefaultJournalMaxAge   = 7 * 24 * time.Hour
+	DefaultJournalMaxBytes = 10 * 1000 * 1000 * 1000
+)
+
+func (j *Journal) setDefaults() {
+	j.MaxAge, j.MaxBytes = DefaultJournalMaxAge, DefaultJournalMaxBytes
 }
 
 // TLS configures amqps:// connections. Empty fields use the system defaults.
@@ -69,7 +88,7 @@ type Options struct {
 	Format      string        `yaml:"format"`     // envelope | raw | cloudevents
 	Source      string        `yaml:"source"`     // ce-source for the cloudevents format
 	// MaxBodyBytes parks a larger message at once; 0 = no limit.
-	MaxBodyBytes   int64          `yaml:"max_body_bytes"`
+	MaxBodyBytes   ByteSize       `yaml:"max_body_bytes"`
 	Retry          Retry          `yaml:"retry"`
 	CircuitBreaker CircuitBreaker `yaml:"circuit_breaker"`
 }
@@ -169,6 +188,16 @@ func (c *Config) Subscription(name string) (Subscription, bool) {
 // WorkQueue is the queue a subscription consumes: P.S.
 func (c *Config) WorkQueue(s Subscription) string {
 	return c.Broker.QueuePrefix + "." + s.Name
+}
+
+// JournalStream is the stream holding every event: P.journal.
+func (c *Config) JournalStream() string {
+	return c.Broker.QueuePrefix + ".journal"
+}
+
+// AttemptsStream is the stream holding every attempt's outcome: P.attempts.
+func (c *Config) AttemptsStream() string {
+	return c.Broker.QueuePrefix + ".attempts"
 }
 
 // RetryQueue is the tier holding messages for delay d, shared by every

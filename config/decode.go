@@ -15,6 +15,7 @@ import (
 var (
 	durationType = reflect.TypeFor[time.Duration]()
 	secretType   = reflect.TypeFor[Secret]()
+	byteSizeType = reflect.TypeFor[ByteSize]()
 )
 
 // YAML tags as yaml.Node.ShortTag reports them.
@@ -64,6 +65,8 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) bool {
 		ok = d.scalar(n, v, path)
 	case n.Kind == yaml.MappingNode && isStruct(v.Type()):
 		ok = d.structure(n, v, path)
+	case n.Kind == yaml.MappingNode && isOptional(v.Type()):
+		ok = d.optional(n, v, path)
 	case n.Kind == yaml.MappingNode && v.Kind() == reflect.Map:
 		ok = d.dict(n, v, path)
 	case n.Kind == yaml.SequenceNode && v.Kind() == reflect.Slice:
@@ -91,6 +94,18 @@ func (d *decoder) structure(n *yaml.Node, v reflect.Value, path string) bool {
 		}
 		d.decode(value.node, v.FieldByIndex(f.index), join(path, key))
 	}
+	return true
+}
+
+// optional decodes a section that is off unless written (broker.journal):
+// writing it turns it on with its defaults, writing null turns it off.
+func (d *decoder) optional(n *yaml.Node, v reflect.Value, path string) bool {
+	section := reflect.New(v.Type().Elem())
+	if s, ok := section.Interface().(interface{ setDefaults() }); ok {
+		s.setDefaults()
+	}
+	d.structure(n, section.Elem(), path)
+	v.Set(section)
 	return true
 }
 
@@ -187,6 +202,13 @@ func (d *decoder) scalar(n *yaml.Node, v reflect.Value, path string) bool {
 		}
 	case t == durationType:
 		return d.duration(n, v, path)
+	case t == byteSizeType:
+		size, err := ParseByteSize(s)
+		if err != nil {
+			d.fail(n, path, "invalid size (got %s, %s)", shown(path, s), err)
+			return false
+		}
+		v.SetInt(int64(size))
 	case t.Kind() == reflect.String:
 		v.SetString(s)
 	case t.Kind() == reflect.Bool && tag == boolTag:
@@ -282,6 +304,11 @@ func isStruct(t reflect.Type) bool {
 	return t.Kind() == reflect.Struct && t != secretType
 }
 
+// isOptional reports whether t is a section that may be absent.
+func isOptional(t reflect.Type) bool {
+	return t.Kind() == reflect.Pointer && isStruct(t.Elem())
+}
+
 // got describes n for a "wrong type" message.
 func got(n *yaml.Node, path string) string {
 	switch n.Kind {
@@ -309,6 +336,10 @@ func want(t reflect.Type) string {
 		return "a duration such as 10s"
 	case t == secretType:
 		return "a secret such as whsec_..."
+	case t == byteSizeType:
+		return "a size such as 512KiB or 10GB"
+	case isOptional(t):
+		return "a mapping, or null to turn it off"
 	}
 	switch t.Kind() {
 	case reflect.Struct, reflect.Map:

@@ -47,12 +47,20 @@ func encode(v reflect.Value) *yaml.Node {
 		return scalar("!!str", DelayName(time.Duration(v.Int())))
 	case t == secretType:
 		return scalar("!!str", redacted)
+	case t == byteSizeType:
+		return scalar("!!str", ByteSize(v.Int()).String())
 	case isStruct(t):
 		n := &yaml.Node{Kind: yaml.MappingNode}
 		for _, f := range fieldsOf(t) {
-			n.Content = append(n.Content, scalar("!!str", f.name), encode(v.FieldByIndex(f.index)))
+			field := v.FieldByIndex(f.index)
+			if isOptional(field.Type()) && field.IsNil() {
+				continue // an optional section that is off is not shown
+			}
+			n.Content = append(n.Content, scalar("!!str", f.name), encode(field))
 		}
 		return n
+	case isOptional(t):
+		return encode(v.Elem())
 	}
 	switch v.Kind() {
 	case reflect.Slice:

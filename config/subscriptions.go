@@ -37,6 +37,8 @@ func (v *checker) name(path, name string, names map[string]string) {
 		v.add(path, "invalid name (got %q, want lower-case letters, digits, '_' and '-', starting with a letter or digit)", name)
 	case dup:
 		v.add(path, "duplicate name (got %q, first at %s)", name, v.c.firstAt(first))
+	case v.c.Broker.Journal != nil && (name == "journal" || name == "attempts"):
+		v.add(path, "reserved while broker.journal is set (got %q: its work queue would be the stream %s; want another name)", name, v.c.Broker.QueuePrefix+"."+name)
 	default:
 		names[name] = path
 	}

@@ -96,6 +96,24 @@ func (v *checker) broker() {
 		v.add("broker.queue_type", "unknown queue type (got %q, want classic or quorum)", b.QueueType)
 	}
 	v.tls(b.TLS)
+	if b.Journal != nil {
+		v.journal(*b.Journal)
+	}
+}
+
+// journal checks the stream retention: x-max-age is a whole number of
+// seconds at least, and a stream with neither limit would grow until the
+// broker's disk alarm stops every publisher.
+func (v *checker) journal(j Journal) {
+	switch {
+	case j.MaxAge <= 0:
+		v.add("broker.journal.max_age", "must be positive (got %q, want a duration such as 168h)", DelayName(j.MaxAge))
+	case j.MaxAge%time.Second != 0:
+		v.add("broker.journal.max_age", "not a whole number of seconds (got %q, want e.g. 168h; RabbitMQ keeps stream ages in seconds)", DelayName(j.MaxAge))
+	}
+	if j.MaxBytes <= 0 {
+		v.add("broker.journal.max_bytes", "must be positive (got %q, want a size such as 10GB)", j.MaxBytes)
+	}
 }
 
 // objectName checks an exchange name or queue prefix: ASCII letters, digits

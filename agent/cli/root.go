@@ -109,6 +109,9 @@ func (a *app) rootCommand() *cobra.Command {
 		a.routesCommand(),
 		a.publishCommand(),
 		a.deadCommand(),
+		a.eventsCommand(),
+		a.replayCommand(),
+		a.attemptsCommand(),
 		a.listenCommand(),
 		a.versionCommand(),
 	)

@@ -158,6 +158,9 @@ func (r *runner) connect(cfg *config.Config) {
 		minBackoff:     e.MinBackoff,
 		maxBackoff:     e.MaxBackoff,
 		onDial: func(conn *amqp.Connection) error {
+			if err := topology.RequireStreams(conn, shared); err != nil {
+				return &FatalError{err}
+			}
 			ch, err := conn.Channel()
 			if err != nil {
 				return err

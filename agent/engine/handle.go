@@ -43,7 +43,7 @@ func (s *subscriber) handle(ctx context.Context, env *env, d *amqp.Delivery) {
 		s.replace(env, d, &ev, "", s.work, event.Stamp(d, ev), "stamped")
 		return
 	}
-	if max := s.opts.MaxBodyBytes; max > 0 && int64(len(d.Body)) > max {
+	if max := s.opts.MaxBodyBytes; max > 0 && int64(len(d.Body)) > int64(max) {
 		reason := fmt.Sprintf("body of %d bytes is over max_body_bytes (%d): raise it for this subscription or publish smaller events", len(d.Body), max)
 		if s.park(env, d, &ev, now, 0, reason) {
 			s.logEvent(slog.LevelError, "parked", &ev, slog.String("reason", reason))

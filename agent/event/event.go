@@ -26,8 +26,10 @@ const (
 	HeaderLastError      = "warren-last-error"       // short reason, no secrets
 	HeaderParkedAt       = "warren-parked-at"        // RFC 3339, on parked copies
 	HeaderAPIVersion     = "api_version"             // copied into the envelope
-	// HeaderReplay marks a message put back by `warren replay`: the dedup
-	// window must not swallow it.
+	// HeaderReplay marks a message replayed from the journal, with the id of
+	// the replay that sent it. The dedup window must not skip it: a replay
+	// is asked for, so it reaches the endpoint even if the same event was
+	// delivered a moment ago.
 	HeaderReplay = "warren-replay"
 )
 

@@ -9,9 +9,11 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/warren-hq/warren/agent/broker"
 	"github.com/warren-hq/warren/config"
 )
 
@@ -62,7 +64,48 @@ func Shared(cfg *config.Config) Plan {
 		t["x-message-ttl"] = d.Milliseconds()
 		p.Tiers = append(p.Tiers, Queue{Name: cfg.RetryQueue(d), Args: t})
 	}
+	if j := cfg.Broker.Journal; j != nil {
+		p.Queues = append(p.Queues,
+			// Bound with "#": the broker keeps every event the app publishes.
+			Queue{Name: cfg.JournalStream(), Args: StreamArgs(*j), Patterns: []string{"#"}},
+			// Written by warren itself, never bound.
+			Queue{Name: cfg.AttemptsStream(), Args: StreamArgs(*j)})
+	}
 	return p
+}
+
+// maxSegment is RabbitMQ's default stream segment size.
+const maxSegment = 500_000_000
+
+// StreamArgs declares a stream with the journal's retention. Retention
+// removes whole segments, so a segment is at most a tenth of max_bytes:
+// otherwise a small journal would keep up to a 500MB segment past its limit.
+func StreamArgs(j config.Journal) amqp.Table {
+	return amqp.Table{
+		"x-queue-type":                    "stream",
+		"x-max-age":                       maxAge(j.MaxAge),
+		"x-max-length-bytes":              int64(j.MaxBytes),
+		"x-stream-max-segment-size-bytes": min(max(int64(j.MaxBytes)/10, 64*1024), maxSegment),
+	}
+}
+
+// maxAge writes a duration as RabbitMQ's x-max-age reads it: a whole number
+// and one unit of D, h, m or s.
+func maxAge(d time.Duration) string {
+	for _, u := range []struct {
+		unit string
+		size time.Duration
+	}{{"D", 24 * time.Hour}, {"h", time.Hour}, {"m", time.Minute}} {
+		if d%u.size == 0 {
+			return fmt.Sprintf("%d%s", d/u.size, u.unit)
+		}
+	}
+	return fmt.Sprintf("%ds", d/time.Second)
+}
+
+// IsStream reports whether q is a stream rather than a queue.
+func (q Queue) IsStream() bool {
+	return q.Args["x-queue-type"] == "stream"
 }
 
 // Subscription returns the queues of one subscription: work and dead.
@@ -111,7 +154,11 @@ func (p Plan) Write(w io.Writer) error {
 		fmt.Fprintf(&b, "  bound to %s\n", q.Name)
 	}
 	for _, q := range p.Queues {
-		fmt.Fprintf(&b, "queue %s (durable)%s\n", q.Name, formatArgs(q.Args))
+		kind := "queue"
+		if q.IsStream() {
+			kind = "stream"
+		}
+		fmt.Fprintf(&b, "%s %s (durable)%s\n", kind, q.Name, formatArgs(q.Args))
 		for _, pattern := range q.Patterns {
 			fmt.Fprintf(&b, "  bound to %s with %q\n", p.Exchange.Name, pattern)
 		}
@@ -132,14 +179,27 @@ func formatArgs(t amqp.Table) string {
 	return b.String()
 }
 
-// Apply declares the plan on a channel of its own.
+// Apply declares the plan on a channel of its own, after checking that the
+// broker has streams if the plan needs them.
 func Apply(conn *amqp.Connection, p Plan) error {
+	if err := RequireStreams(conn, p); err != nil {
+		return err
+	}
 	ch, err := conn.Channel()
 	if err != nil {
 		return fmt.Errorf("open channel: %w", err)
 	}
 	defer ch.Close()
 	return Declare(ch, p)
+}
+
+// RequireStreams fails with a clear error when p has a stream and the
+// broker behind conn is older than 3.9.
+func RequireStreams(conn *amqp.Connection, p Plan) error {
+	if slices.ContainsFunc(p.Queues, Queue.IsStream) {
+		return broker.RequireStreams(conn)
+	}
+	return nil
 }
 
 // Declare declares the plan on ch. Declaring is idempotent; a queue that
@@ -222,6 +282,12 @@ func declareQueue(ch *amqp.Channel, q Queue) error {
 		false, // no-wait
 		q.Args)
 	var amqpErr *amqp.Error
+	if errors.As(err, &amqpErr) && amqpErr.Code == amqp.PreconditionFailed && q.IsStream() {
+		return fmt.Errorf("stream %q exists with other arguments (were broker.journal's sizes changed?): "+
+			"a stream's arguments cannot change in place; keep the old sizes, or delete it with "+
+			"`rabbitmqctl delete_queue %s`, losing what it holds, and start warren again: %w",
+			q.Name, q.Name, err)
+	}
 	if errors.As(err, &amqpErr) && amqpErr.Code == amqp.PreconditionFailed {
 		return &ConflictError{Queue: q.Name, Type: fmt.Sprint(q.Args["x-queue-type"]), Err: err}
 	}

@@ -2,6 +2,7 @@ package topology
 
 import (
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -90,6 +91,48 @@ queue warren.refunds.dead (durable) x-queue-type="classic"
 			if k == "x-queue-mode" || k == "x-queue-version" {
 				t.Errorf("queue %s sets %s, which RabbitMQ 4.3 rejects", q.Name, k)
 			}
+		}
+	}
+}
+
+func TestJournalPlan(t *testing.T) {
+	cfg := testConfig(config.QueueClassic, time.Second)
+	if p := For(cfg); slices.ContainsFunc(p.Queues, Queue.IsStream) {
+		t.Fatalf("plan without broker.journal has streams: %+v", p.Queues)
+	}
+	cfg.Broker.Journal = &config.Journal{MaxAge: 168 * time.Hour, MaxBytes: 10 * config.GiB}
+	var b strings.Builder
+	if err := For(cfg).Write(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`stream warren.journal (durable) x-max-age="7D" x-max-length-bytes=10737418240 x-queue-type="stream" x-stream-max-segment-size-bytes=500000000` + "\n" +
+			`  bound to events with "#"` + "\n",
+		`stream warren.attempts (durable) x-max-age="7D"`,
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("plan does not contain\n%s\ngot:\n%s", want, b.String())
+		}
+	}
+	if n := strings.Count(b.String(), `with "#"`); n != 1 {
+		t.Errorf("%d bindings with \"#\", want 1 (the journal; attempts is not bound):\n%s", n, b.String())
+	}
+}
+
+func TestStreamArgs(t *testing.T) {
+	for _, tc := range []struct {
+		age     time.Duration
+		bytes   config.ByteSize
+		maxAge  string
+		segment int64
+	}{
+		{36 * time.Hour, config.MiB, "36h", int64(config.MiB) / 10},
+		{90 * time.Second, 100, "90s", 64 * 1024},
+		{5 * time.Minute, 10 * config.GiB, "5m", 500_000_000},
+	} {
+		args := StreamArgs(config.Journal{MaxAge: tc.age, MaxBytes: tc.bytes})
+		if args["x-max-age"] != tc.maxAge || args["x-stream-max-segment-size-bytes"] != tc.segment {
+			t.Errorf("StreamArgs(%s, %s) = %v, want x-max-age %q, segment %d", tc.age, tc.bytes, args, tc.maxAge, tc.segment)
 		}
 	}
 }
