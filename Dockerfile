@@ -1,12 +1,14 @@
 # Static warren binary on an empty image: CA certificates, non-root user.
 #
 #   docker build -t warren .
-#       compiles in the golang stage (needs the golang base image);
-#   make build && docker build --build-arg BINARY=prebuilt -t warren .
-#       takes bin/warren and bin/ca-certificates.crt from the context
-#       instead (`make image` does this, with podman, and needs no base image).
+#       compiles warren in the golang stage;
+#   make image   (podman build --build-arg BINARY=prebuilt ...)
+#       takes bin/warren (make build) and bin/ca-certificates.crt (the host's
+#       bundle) from the context instead, and pulls no base image.
 #
-# Either way the runtime image is the last stage below.
+# Either way the runtime image is the last stage below. podman 4.3 (buildah
+# 1.28) skips the golang stage unless BINARY is given: add
+# --build-arg BINARY=build there.
 ARG BINARY=build
 
 FROM golang:1.26 AS build
