@@ -14,5 +14,10 @@ if [ ! -x bin/warren ]; then
 fi
 ensure_podman
 # The host's CA bundle, so warren can verify https:// endpoints.
-cp /etc/ssl/certs/ca-certificates.crt bin/ca-certificates.crt
+ca=/etc/ssl/certs/ca-certificates.crt
+if [ ! -f "$ca" ]; then
+  echo "image: $ca is missing; apt-get install ca-certificates" >&2
+  exit 1
+fi
+cp "$ca" bin/ca-certificates.crt
 podman build --build-arg BINARY=prebuilt --tag "$tag" "$@" .
