@@ -1,10 +1,11 @@
 # warren: `make demo` shows it working end to end, `make test` runs every test.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+IMAGE   ?= warren:latest
 LDFLAGS := -s -w -X github.com/warren-hq/warren/agent/buildinfo.Version=$(VERSION) \
            -X github.com/warren-hq/warren/agent/buildinfo.Commit=$(COMMIT)
 
-.PHONY: build test demo bench clean
+.PHONY: build test demo bench image image-test clean
 
 build:
 	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o bin/warren .
@@ -17,6 +18,15 @@ demo: build
 
 bench: build
 	go test -run '^$$' -bench . -benchtime 1x -timeout 30m ./agent/bench/
+
+# The runtime image (podman, from bin/warren): IMAGE=warren:latest by default.
+image: build
+	bash .ci/image.sh $(IMAGE)
+
+# Build the image and run it beside the local broker: user, config mount,
+# /readyz, one delivery, podman stop.
+image-test: build
+	bash .ci/image-test.sh
 
 clean:
 	rm -rf bin
