@@ -322,3 +322,21 @@ func TestConnectionsAtMostConcurrency(t *testing.T) {
 		t.Errorf("%d workers opened %d connections", workers, n)
 	}
 }
+
+// BenchmarkNewRequest1MiB builds and reads one envelope request around a
+// 1 MiB body: what one attempt costs in memory besides the network.
+func BenchmarkNewRequest1MiB(b *testing.B) {
+	ep := testEndpoint(b, config.FormatEnvelope, "http://127.0.0.1:8080/hook")
+	ev := testEvent()
+	ev.Body = bytes.Repeat([]byte(" "), 1<<20)
+	ev.Body[0], ev.Body[len(ev.Body)-1] = '{', '}'
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		req, err := ep.NewRequest(context.Background(), ev, now)
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, req.Body)
+	}
+}
