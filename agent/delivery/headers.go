@@ -152,10 +152,13 @@ func extensionName(header string) string {
 	return name
 }
 
+// brokerHeaders are set by RabbitMQ, not by the publisher.
+var brokerHeaders = []string{"x-death", "x-first-death-", "x-last-death-", "x-delivery-count", "x-received-from"}
+
 // setExtensions sends the message's headers as CloudEvents extensions
 // (ce-<name>), in name order so that of two headers that become the same
-// name the first wins. The broker's (x-) and warren's own (warren-)
-// headers stay out; so do trace headers, set from the validated context.
+// name the first wins. The broker's and warren's own (warren-) headers
+// stay out; so do trace headers, set from the validated context.
 func setExtensions(h http.Header, t amqp.Table) {
 	if len(t) == 0 {
 		return
@@ -163,8 +166,8 @@ func setExtensions(h http.Header, t amqp.Table) {
 	names := make([]string, 0, len(t))
 	for k := range t {
 		lower := strings.ToLower(k)
-		if strings.HasPrefix(lower, "x-") || strings.HasPrefix(lower, "warren-") ||
-			lower == headerTraceparent || lower == headerTracestate {
+		if strings.HasPrefix(lower, "warren-") || lower == headerTraceparent || lower == headerTracestate ||
+			slices.ContainsFunc(brokerHeaders, func(p string) bool { return strings.HasPrefix(lower, p) }) {
 			continue
 		}
 		names = append(names, k)
