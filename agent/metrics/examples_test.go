@@ -63,7 +63,7 @@ func TestExampleDashboards(t *testing.T) {
 	}
 
 	for file, exprs := range map[string][]string{
-		"grafana/warren.json":     queries(dashboard),
+		"grafana/warren.json":    queries(dashboard),
 		"prometheus/alerts.yaml": alertExprs,
 	} {
 		used := map[string]bool{}
