@@ -57,8 +57,9 @@ func (j *Journal) setDefaults() {
 	j.MaxAge, j.MaxBytes = DefaultJournalMaxAge, DefaultJournalMaxBytes
 }
 
-// TLS configures amqps:// connections. Empty fields use the system defaults.
-// Relative file paths are relative to the working directory.
+// TLS configures amqps:// connections to the broker, or https:// requests to
+// an endpoint (mutual TLS with cert_file and key_file). Empty fields use the
+// system defaults. Relative file paths are relative to the working directory.
 type TLS struct {
 	CAFile     string `yaml:"ca_file"`
 	CertFile   string `yaml:"cert_file"`
@@ -91,6 +92,11 @@ type Options struct {
 	MaxBodyBytes   ByteSize       `yaml:"max_body_bytes"`
 	Retry          Retry          `yaml:"retry"`
 	CircuitBreaker CircuitBreaker `yaml:"circuit_breaker"`
+
+	// ForwardHeaders names AMQP message headers sent on as HTTP headers.
+	ForwardHeaders []string `yaml:"forward_headers"`
+	// TLS is the client side of https:// endpoints: CA, client certificate.
+	TLS TLS `yaml:"tls"`
 }
 
 // Retry is the backoff schedule: one tier queue per distinct delay.
@@ -158,6 +164,7 @@ func Default() Config {
 				DeadOnStatus: []int{},
 			},
 			CircuitBreaker: CircuitBreaker{Cooldown: 30 * time.Second},
+			ForwardHeaders: []string{},
 		},
 	}
 }

@@ -35,8 +35,8 @@ var canaries = []string{
 	"tok_live_", "hunter2", "s3cr3t",
 }
 
-// secretLiteral matches whsec_ secrets written in the test files.
-var secretLiteral = regexp.MustCompile(`whsec_([A-Za-z0-9+/=!]{4,})`)
+// secretLiteral matches whsec_ and whsk_ secrets written in the test files.
+var secretLiteral = regexp.MustCompile(`wh(?:sec|sk)_([A-Za-z0-9+/=!]{4,})`)
 
 type testCase struct {
 	name string // file name without .yaml

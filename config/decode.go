@@ -323,7 +323,7 @@ func got(n *yaml.Node, path string) string {
 // shown quotes a value for an error message, masking what may be a
 // credential: secrets, header values and the userinfo of URLs.
 func shown(path, s string) string {
-	if strings.HasPrefix(s, secretPrefix) || strings.Contains(path, ".secrets") || strings.Contains(path, ".headers") {
+	if strings.HasPrefix(s, secretPrefix) || strings.HasPrefix(s, signingKeyPrefix) || strings.Contains(path, ".secrets") || strings.Contains(path, ".headers") {
 		return maskSecret(s)
 	}
 	return strconv.Quote(maskURL(s))

@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -11,6 +12,42 @@ import (
 
 	"gopkg.in/yaml.v3"
 )
+
+// TestParseSigningKey: whsk_ takes an ed25519 seed or whole private key;
+// whpk_ (a public key) and sizes or halves that do not fit are refused.
+func TestParseSigningKey(t *testing.T) {
+	seed := bytes.Repeat([]byte{7}, ed25519.SeedSize)
+	priv := ed25519.NewKeyFromSeed(seed)
+	b64 := base64.StdEncoding.EncodeToString
+	for _, in := range []string{"whsk_" + b64(seed), "whsk_" + b64(priv), "whsk_" + base64.RawStdEncoding.EncodeToString(priv)} {
+		s, err := ParseSecret(in)
+		if err != nil {
+			t.Fatalf("ParseSecret(%q): %v", in, err)
+		}
+		if !bytes.Equal(s.Ed25519(), priv) || s.Key() != nil {
+			t.Errorf("ParseSecret(%q) = ed25519 %x, HMAC %x; want the private key only", in, s.Ed25519(), s.Key())
+		}
+	}
+	other := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{8}, ed25519.SeedSize))
+	mixed := append(append([]byte{}, seed...), other.Public().(ed25519.PublicKey)...)
+	for in, want := range map[string]string{
+		"whsk_" + b64(seed[:31]): "decodes to 31 bytes",
+		"whsk_" + b64(mixed):     "public half does not match the seed",
+		"whsk_***":               "not valid base64",
+		"whpk_" + b64(priv.Public().(ed25519.PublicKey)): "a whpk_ public key cannot sign",
+	} {
+		_, err := ParseSecret(in)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseSecret(%q) = %v, want error containing %q", in, err, want)
+		}
+		if err != nil && len(in) > 10 && strings.Contains(err.Error(), in[5:15]) {
+			t.Errorf("ParseSecret error reveals the key: %v", err)
+		}
+	}
+	if s, _ := ParseSecret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"); s.Ed25519() != nil {
+		t.Error("a whsec_ secret has an ed25519 key")
+	}
+}
 
 func TestParseSecret(t *testing.T) {
 	key := func(n int) []byte { return bytes.Repeat([]byte{0xa5}, n) }
@@ -27,9 +64,9 @@ func TestParseSecret(t *testing.T) {
 		{in: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", wantLen: 24},
 		{in: padded(23), wantErr: "decodes to 23 bytes"},
 		{in: padded(65), wantErr: "decodes to 65 bytes"},
-		{in: base64.StdEncoding.EncodeToString(key(32)), wantErr: "missing whsec_ prefix"},
+		{in: base64.StdEncoding.EncodeToString(key(32)), wantErr: "missing whsec_ or whsk_ prefix"},
 		{in: "whsec_not*base64*at*all*not*base64*at*all", wantErr: "not valid base64"},
-		{in: "", wantErr: "missing whsec_ prefix"},
+		{in: "", wantErr: "missing whsec_ or whsk_ prefix"},
 	}
 	for _, tt := range tests {
 		s, err := ParseSecret(tt.in)

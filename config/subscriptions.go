@@ -169,6 +169,33 @@ func (v *checker) headers(path string, headers map[string]string) {
 	}
 }
 
+// notForwarded are headers a message must not set: warren's own, and those
+// that describe the connection or the body rather than the event.
+var notForwarded = []string{
+	"content-type", "content-encoding", "connection", "keep-alive", "transfer-encoding",
+	"te", "trailer", "upgrade", "expect", "proxy-connection", "proxy-authorization",
+}
+
+// forwardHeaders checks the AMQP headers sent on as HTTP headers.
+func (v *checker) forwardHeaders(path string, names []string) {
+	first := map[string]int{}
+	for i, name := range names {
+		at, lower := fmt.Sprintf("%s[%d]", path, i), strings.ToLower(name)
+		j, dup := first[lower]
+		switch {
+		case !isToken(name):
+			v.add(at, "invalid header name (got %q, want an HTTP token such as X-Request-Id)", name)
+		case slices.Contains(reservedHeaders, lower) || slices.Contains(notForwarded, lower) ||
+			strings.HasPrefix(lower, "ce-") || strings.HasPrefix(lower, "webhook-"):
+			v.add(at, "reserved header, set by warren (got %q, want a header of the event such as X-Request-Id)", name)
+		case dup:
+			v.add(at, "duplicate header (got %q, first at %s)", name, v.c.firstAt(fmt.Sprintf("%s[%d]", path, j)))
+		default:
+			first[lower] = i
+		}
+	}
+}
+
 // isToken reports whether s is an HTTP field name (RFC 9110 token).
 func isToken(s string) bool {
 	for _, r := range s {

@@ -95,7 +95,7 @@ func (v *checker) broker() {
 	if b.QueueType != QueueClassic && b.QueueType != QueueQuorum {
 		v.add("broker.queue_type", "unknown queue type (got %q, want classic or quorum)", b.QueueType)
 	}
-	v.tls(b.TLS)
+	v.tls("broker.tls", b.TLS, func(string) bool { return true })
 	if b.Journal != nil {
 		v.journal(*b.Journal)
 	}
@@ -135,23 +135,25 @@ func (v *checker) objectName(path, name, want, punct string) {
 	}
 }
 
-func (v *checker) tls(t TLS) {
+// tls checks TLS files written under path; own says whether a key was
+// written there (see options).
+func (v *checker) tls(path string, t TLS, own func(key string) bool) {
 	files := []struct{ key, file string }{
 		{"ca_file", t.CAFile}, {"cert_file", t.CertFile}, {"key_file", t.KeyFile},
 	}
 	for _, f := range files {
-		if f.file == "" {
+		if f.file == "" || !own("tls."+f.key) {
 			continue
 		}
 		if err := readable(f.file); err != nil {
-			v.add("broker.tls."+f.key, "cannot read file: %s (got %q, want a readable PEM file)", err, f.file)
+			v.add(path+"."+f.key, "cannot read file: %s (got %q, want a readable PEM file)", err, f.file)
 		}
 	}
 	switch {
-	case t.CertFile != "" && t.KeyFile == "":
-		v.add("broker.tls.key_file", "missing (want key_file with cert_file, or neither)")
-	case t.KeyFile != "" && t.CertFile == "":
-		v.add("broker.tls.cert_file", "missing (want cert_file with key_file, or neither)")
+	case t.CertFile != "" && t.KeyFile == "" && (own("tls.cert_file") || own("tls.key_file")):
+		v.add(path+".key_file", "missing (want key_file with cert_file, or neither)")
+	case t.KeyFile != "" && t.CertFile == "" && (own("tls.cert_file") || own("tls.key_file")):
+		v.add(path+".cert_file", "missing (want cert_file with key_file, or neither)")
 	}
 }
 
@@ -251,6 +253,10 @@ func (v *checker) options(path string, o Options, own func(key string) bool) {
 	if own("circuit_breaker.failures") && o.CircuitBreaker.Failures < 0 {
 		v.add(at("circuit_breaker.failures"), `must not be negative (got "%d", want a count of consecutive failures, or 0 to turn it off)`, o.CircuitBreaker.Failures)
 	}
+	if own("forward_headers") {
+		v.forwardHeaders(at("forward_headers"), o.ForwardHeaders)
+	}
+	v.tls(at("tls"), o.TLS, own)
 	if own("circuit_breaker.cooldown") && o.CircuitBreaker.Cooldown <= 0 {
 		v.add(at("circuit_breaker.cooldown"), "must be positive (got %q, want a duration such as 30s)", DelayName(o.CircuitBreaker.Cooldown))
 	}

@@ -5,14 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/warren-hq/warren/agent/event"
+	"github.com/warren-hq/warren/config"
 )
 
 // Result is what one attempt got.
@@ -26,44 +27,45 @@ type Result struct {
 	Invalid bool
 }
 
-// Client sends attempts to one subscription's endpoint over its own pool of
-// keep-alive connections, so a slow endpoint never holds another's.
+// Client sends one subscription's attempts. Its HTTP transport (the
+// connection pool) is shared with every other subscription whose endpoint
+// has the same scheme, host and TLS settings; see transport.go.
 type Client struct {
 	http    *http.Client
 	timeout time.Duration
+	shared  *sharedTransport
+	err     error // TLS settings that could not be loaded
+	close   sync.Once
 }
 
-// NewClient returns a client keeping up to conns idle connections to the
-// endpoint (its concurrency) and giving each attempt timeout.
-func NewClient(conns int, timeout time.Duration) *Client {
-	tr := &http.Transport{
-		Proxy:               http.ProxyFromEnvironment,
-		DialContext:         (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext,
-		ForceAttemptHTTP2:   true,
-		MaxIdleConns:        conns,
-		MaxIdleConnsPerHost: conns,
-		// No more connections than attempts in flight: without the cap, a
-		// worker whose last connection is not back in the pool yet (the
-		// transport returns it from its read loop) dials one more, and the
-		// endpoint sees connections opened and dropped at full load.
-		MaxConnsPerHost:       conns,
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   timeout,
-		ExpectContinueTimeout: time.Second,
+// NewClient returns the client for a subscription: its endpoint's shared
+// transport and its per-attempt timeout. TLS files that cannot be loaded
+// (config validation read them, so they changed since) make every attempt
+// fail with the reason, as a TLS error would.
+func NewClient(s config.Subscription) *Client {
+	c := &Client{timeout: s.Timeout}
+	c.shared, c.err = acquire(s)
+	if c.err != nil {
+		return c
 	}
-	return &Client{
-		http: &http.Client{
-			Transport: tr,
-			// A redirect is a failure: following it would send the signed
-			// event somewhere the subscription does not name.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
-		timeout: timeout,
+	c.http = &http.Client{
+		Transport: c.shared.tr,
+		// A redirect is a failure: following it would send the signed
+		// event somewhere the subscription does not name.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
+	return c
 }
 
-// Close drops idle connections.
-func (c *Client) Close() { c.http.CloseIdleConnections() }
+// Close releases the client's share of its transport; the last client of a
+// transport closes its idle connections. Safe to call more than once.
+func (c *Client) Close() {
+	c.close.Do(func() {
+		if c.shared != nil {
+			release(c.shared)
+		}
+	})
+}
 
 // bodyPreview is how much of an error response is kept for the logs and the
 // warren-last-error header.
@@ -77,6 +79,9 @@ func (c *Client) Send(ctx context.Context, ep *Endpoint, ev *event.Event, now ti
 	req, err := ep.NewRequest(ctx, ev, now)
 	if err != nil {
 		return Result{Err: err, Invalid: true}
+	}
+	if c.err != nil {
+		return Result{Err: c.err}
 	}
 	start := time.Now()
 	resp, err := c.http.Do(req)
@@ -97,25 +102,34 @@ func (c *Client) Send(ctx context.Context, ep *Endpoint, ev *event.Event, now ti
 	return res
 }
 
+// statusError keeps the start of the response body for logs and the
+// warren-last-error header, cleaned of control characters.
 func statusError(status int, preview []byte) error {
 	msg := "HTTP " + strconv.Itoa(status)
-	if s := strings.Join(strings.Fields(string(preview)), " "); s != "" {
+	if s := clean(string(preview)); s != "" {
 		msg += ": " + s
 	}
 	return errors.New(msg)
 }
 
-// redact drops the URL from transport errors: its query may hold a token.
+// redact drops the URL from transport errors (its query may hold a token)
+// and cleans what the endpoint may have put in them.
 func redact(err error) error {
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		if errors.Is(ue.Err, context.DeadlineExceeded) {
 			return errors.New("timeout: no complete answer in time")
 		}
-		return fmt.Errorf("%s request: %w", strings.ToLower(ue.Op), ue.Err)
+		return cleanError{fmt.Errorf("%s request: %w", strings.ToLower(ue.Op), ue.Err)}
 	}
-	return err
+	return cleanError{err}
 }
+
+// cleanError is an error whose text is safe for a terminal.
+type cleanError struct{ error }
+
+func (e cleanError) Error() string { return clean(e.error.Error()) }
+func (e cleanError) Unwrap() error { return e.error }
 
 // retryAfter parses Retry-After as seconds or an HTTP date.
 func retryAfter(v string, now time.Time) time.Duration {

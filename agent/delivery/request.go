@@ -3,12 +3,13 @@
 package delivery
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -21,41 +22,65 @@ import (
 // message can never be delivered as configured.
 var ErrNotJSON = errors.New(`body is not JSON: the envelope format embeds it as "data"; use format: raw or cloudevents for non-JSON events`)
 
+// ErrNotCloudEvent is returned for a message published as a structured
+// CloudEvent (application/cloudevents+json) whose body is not one.
+var ErrNotCloudEvent = errors.New(`body is not a structured CloudEvent: content_type is application/cloudevents+json but the body is not a JSON object with string specversion "1.0", id, source and type`)
+
 // Endpoint is a subscription's HTTP side, prepared once.
 type Endpoint struct {
 	URL       string
 	Format    string
 	Source    string
 	Header    http.Header     // configured headers, canonical
+	Forward   []string        // forward_headers: AMQP header names sent as HTTP headers
 	Signer    *signing.Signer // nil when the subscription has no secrets
 	UserAgent string
 }
 
 // NewEndpoint prepares a subscription's endpoint.
 func NewEndpoint(s config.Subscription, userAgent string) *Endpoint {
-	ep := &Endpoint{URL: s.URL, Format: s.Format, Source: s.Source, Header: http.Header{}, UserAgent: userAgent}
+	ep := &Endpoint{URL: s.URL, Format: s.Format, Source: s.Source, Header: http.Header{}, UserAgent: userAgent,
+		Forward: s.ForwardHeaders}
 	for k, v := range s.Headers {
 		ep.Header.Set(k, v)
 	}
 	if len(s.Secrets) > 0 {
-		keys := make([][]byte, len(s.Secrets))
+		keys := make([]signing.Key, len(s.Secrets))
 		for i, sec := range s.Secrets {
-			keys[i] = sec.Key()
+			keys[i] = signing.Key{HMAC: sec.Key(), Ed25519: sec.Ed25519()}
 		}
-		ep.Signer = signing.NewSigner(keys)
+		ep.Signer = signing.NewKeySigner(keys)
 	}
 	return ep
 }
 
-// Body renders the request body for the endpoint's format.
-func (ep *Endpoint) Body(ev *event.Event) ([]byte, error) {
-	if ep.Format != config.FormatEnvelope {
-		return ev.Body, nil
+// envelopeEnd closes the envelope after the data.
+var envelopeEnd = []byte("}")
+
+// body returns the request body in parts (sent and signed in order, so the
+// message body is never copied) and its content type.
+func (ep *Endpoint) body(ev *event.Event) (parts [3][]byte, ctype string, err error) {
+	switch {
+	case ep.Format == config.FormatEnvelope:
+		if !json.Valid(ev.Body) {
+			return parts, "", ErrNotJSON
+		}
+		return [3][]byte{envelopeStart(ev), ev.Body, envelopeEnd}, "application/json", nil
+	case ep.Format == config.FormatCloudEvents && structured(ev.ContentType):
+		if !validStructured(ev.Body) {
+			return parts, "", ErrNotCloudEvent
+		}
+		return [3][]byte{nil, ev.Body, nil}, ev.ContentType, nil
+	case ep.Format == config.FormatCloudEvents && ev.ContentType == "" && json.Valid(ev.Body):
+		// datacontenttype says what data is; JSON is the likely intent.
+		return [3][]byte{nil, ev.Body, nil}, "application/json", nil
 	}
-	if !json.Valid(ev.Body) {
-		return nil, ErrNotJSON
-	}
-	b := make([]byte, 0, len(ev.Body)+len(ev.ID)+len(ev.Type)+96)
+	return [3][]byte{nil, ev.Body, nil}, contentType(ev), nil
+}
+
+// envelopeStart is the envelope up to "data":.
+func envelopeStart(ev *event.Event) []byte {
+	b := make([]byte, 0, len(ev.ID)+len(ev.Type)+len(ev.APIVersion)+96)
 	b = append(b, `{"id":`...)
 	b = appendJSONString(b, ev.ID)
 	b = append(b, `,"type":`...)
@@ -67,22 +92,80 @@ func (ep *Endpoint) Body(ev *event.Event) ([]byte, error) {
 		b = append(b, `,"api_version":`...)
 		b = appendJSONString(b, ev.APIVersion)
 	}
-	b = append(b, `,"data":`...)
-	b = append(b, ev.Body...)
-	return append(b, '}'), nil
+	return append(b, `,"data":`...)
 }
 
-// NewRequest builds the signed POST for one attempt made at now.
+// structured reports whether a content type is a structured-mode
+// CloudEvent, which is sent as it is.
+func structured(contentType string) bool {
+	mt, _, _ := strings.Cut(contentType, ";")
+	return strings.EqualFold(strings.TrimSpace(mt), "application/cloudevents+json")
+}
+
+// validStructured checks the attributes every CloudEvent has.
+func validStructured(body []byte) bool {
+	var ce struct {
+		SpecVersion *string `json:"specversion"`
+		ID          *string `json:"id"`
+		Source      *string `json:"source"`
+		Type        *string `json:"type"`
+	}
+	if json.Unmarshal(body, &ce) != nil || ce.SpecVersion == nil || ce.ID == nil || ce.Source == nil || ce.Type == nil {
+		return false
+	}
+	return *ce.SpecVersion == "1.0" && *ce.ID != "" && *ce.Source != "" && *ce.Type != ""
+}
+
+// check refuses, before any I/O, a message whose properties cannot go in a
+// request: net/http would refuse them at send time, which looks like an
+// endpoint failure. The id and type are checked in every format (they
+// name the event in headers, logs and copies); the content type where it is
+// sent.
+func (ep *Endpoint) check(ev *event.Event) error {
+	if err := checkProperty("message_id", ev.ID); err != nil {
+		return err
+	}
+	if err := checkProperty("routing key", ev.Type); err != nil {
+		return err
+	}
+	if ep.Format != config.FormatEnvelope {
+		return checkProperty("content_type", ev.ContentType)
+	}
+	return nil
+}
+
+// NewRequest builds the signed POST for one attempt made at now. Its errors
+// are facts about the message: retrying cannot help.
 func (ep *Endpoint) NewRequest(ctx context.Context, ev *event.Event, now time.Time) (*http.Request, error) {
-	body, err := ep.Body(ev)
+	if err := ep.check(ev); err != nil {
+		return nil, err
+	}
+	parts, ctype, err := ep.body(ev)
 	if err != nil {
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.URL, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.URL, nil)
 	if err != nil {
 		return nil, err
 	}
+	setBody(req, parts)
 	h := req.Header
+	// From the message first: configured headers and warren's own, set
+	// after, always win.
+	for _, name := range ep.Forward {
+		if v, ok := lookupHeader(ev.Headers, name); ok {
+			if s, ok := headerString(v); ok {
+				h.Set(name, s)
+			}
+		}
+	}
+	parent, state := traceContext(ev.Headers)
+	if parent != "" {
+		h.Set("Traceparent", parent)
+		if state != "" {
+			h.Set("Tracestate", state)
+		}
+	}
 	for k, v := range ep.Header {
 		h[k] = v
 	}
@@ -91,23 +174,77 @@ func (ep *Endpoint) NewRequest(ctx context.Context, ev *event.Event, now time.Ti
 	h.Set("Webhook-Id", ev.ID)
 	h.Set("Webhook-Timestamp", ts)
 	if ep.Signer != nil {
-		h.Set("Webhook-Signature", ep.Signer.Sign(ev.ID, now, body))
+		h.Set("Webhook-Signature", ep.Signer.SignParts(ev.ID, now, parts[0], parts[1], parts[2]))
 	}
-	switch ep.Format {
-	case config.FormatEnvelope:
-		h.Set("Content-Type", "application/json")
-	case config.FormatRaw:
-		h.Set("Content-Type", contentType(ev))
-	case config.FormatCloudEvents:
-		h.Set("Content-Type", contentType(ev))
+	h.Set("Content-Type", ctype)
+	if ep.Format == config.FormatCloudEvents && !structured(ev.ContentType) {
+		setExtensions(h, ev.Headers)
 		h.Set("Ce-Specversion", "1.0")
 		h.Set("Ce-Id", ev.ID)
 		h.Set("Ce-Type", ev.Type)
 		h.Set("Ce-Source", ep.Source)
 		h.Set("Ce-Time", ev.CreatedAt.UTC().Format(time.RFC3339))
+		if parent != "" {
+			// The CloudEvents distributed tracing extension.
+			h.Set("Ce-Traceparent", parent)
+			if state != "" {
+				h.Set("Ce-Tracestate", state)
+			}
+		}
 	}
 	return req, nil
 }
+
+// setBody sends parts in order without joining them; net/http calls
+// GetBody to send them again (HTTP/2 retries).
+func setBody(req *http.Request, parts [3][]byte) {
+	n := len(parts[0]) + len(parts[1]) + len(parts[2])
+	req.ContentLength = int64(n)
+	if n == 0 {
+		req.Body, req.GetBody = http.NoBody, func() (io.ReadCloser, error) { return http.NoBody, nil }
+		return
+	}
+	req.GetBody = func() (io.ReadCloser, error) { return &partsReader{parts: parts}, nil }
+	req.Body, _ = req.GetBody()
+}
+
+// partsReader reads byte slices one after the other, like io.MultiReader
+// over bytes.Readers, but its WriteTo hands each slice to the connection
+// as it is, with no 32 KiB copy buffer per request.
+type partsReader struct {
+	parts [3][]byte
+	i     int
+}
+
+func (r *partsReader) Read(p []byte) (int, error) {
+	for r.i < len(r.parts) && len(r.parts[r.i]) == 0 {
+		r.i++
+	}
+	if r.i == len(r.parts) {
+		return 0, io.EOF
+	}
+	n := copy(p, r.parts[r.i])
+	r.parts[r.i] = r.parts[r.i][n:]
+	return n, nil
+}
+
+func (r *partsReader) WriteTo(w io.Writer) (int64, error) {
+	var sum int64
+	for ; r.i < len(r.parts); r.i++ {
+		if len(r.parts[r.i]) == 0 {
+			continue
+		}
+		n, err := w.Write(r.parts[r.i])
+		sum += int64(n)
+		r.parts[r.i] = r.parts[r.i][n:]
+		if err != nil {
+			return sum, err
+		}
+	}
+	return sum, nil
+}
+
+func (r *partsReader) Close() error { return nil }
 
 func contentType(ev *event.Event) string {
 	if ev.ContentType != "" {

@@ -49,6 +49,9 @@ type Event struct {
 	ContentType    string
 	APIVersion     string
 	Body           []byte
+	// Headers are the message's AMQP headers, read-only: trace context,
+	// forwarded headers and CloudEvents extensions come from here.
+	Headers amqp.Table
 }
 
 // FromDelivery reads an event from a delivery; now is used where the message
@@ -61,6 +64,7 @@ func FromDelivery(d *amqp.Delivery, now time.Time) Event {
 		Attempt:     1,
 		ContentType: d.ContentType,
 		Body:        d.Body,
+		Headers:     d.Headers,
 	}
 	if key, ok := d.Headers[HeaderRoutingKey].(string); ok {
 		ev.Type = key

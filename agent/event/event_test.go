@@ -51,6 +51,7 @@ func TestFromDelivery(t *testing.T) {
 		ID: "evt_1", Type: "order.created", CreatedAt: published, Attempt: 3,
 		FirstAttemptAt: time.Date(2026, 1, 2, 3, 4, 6, 123456789, time.UTC),
 		ContentType:    "application/json", APIVersion: "2024-01-01", Body: retriedDelivery().Body,
+		Headers: retriedDelivery().Headers,
 	}
 	if !reflect.DeepEqual(ev, want) {
 		t.Errorf("FromDelivery =\n%+v\nwant\n%+v", ev, want)

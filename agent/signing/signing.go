@@ -1,10 +1,12 @@
 // Package signing produces and checks Standard Webhooks signatures
 // (https://www.standardwebhooks.com/): the webhook-signature header is one
-// "v1,<base64 HMAC-SHA256(key, id.timestamp.body)>" per key, space-separated,
+// "v1,<base64 HMAC-SHA256(key, id.timestamp.body)>" per HMAC key and one
+// "v1a,<base64 ed25519(id.timestamp.body)>" per ed25519 key, space-separated,
 // so receivers keep verifying while secrets rotate.
 package signing
 
 import (
+	"crypto/ed25519"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
@@ -55,28 +57,54 @@ func DecodeSecret(s string) ([]byte, error) {
 //
 // Sign sets up an HMAC per key on every call; a Signer reuses them.
 func Sign(keys [][]byte, id string, ts time.Time, body []byte) string {
-	return string(newMACs(keys).sign(id, ts, body))
+	return string(newSigners(hmacKeys(keys)).sign(id, ts, body))
+}
+
+// Key is one signing key: an HMAC secret (whsec_) or an ed25519 private
+// key (whsk_).
+type Key struct {
+	HMAC    []byte
+	Ed25519 ed25519.PrivateKey
 }
 
 // Signer signs with a fixed set of keys. It is Sign with the keyed HMAC state
 // reused across calls, which makes signing about twice as fast and leaves
-// one allocation: the returned string. Safe for concurrent use.
+// one allocation for HMAC keys: the returned string. Safe for concurrent use.
 type Signer struct {
 	pool sync.Pool
 }
 
-// NewSigner returns a Signer for keys, which it keeps: do not modify them.
-func NewSigner(keys [][]byte) *Signer {
+// NewSigner returns a Signer for HMAC keys, which it keeps: do not modify
+// them.
+func NewSigner(keys [][]byte) *Signer { return NewKeySigner(hmacKeys(keys)) }
+
+func hmacKeys(keys [][]byte) []Key {
+	ks := make([]Key, len(keys))
+	for i, k := range keys {
+		ks[i] = Key{HMAC: k}
+	}
+	return ks
+}
+
+// NewKeySigner returns a Signer for HMAC and ed25519 keys, signing in their
+// order. It keeps keys: do not modify them.
+func NewKeySigner(keys []Key) *Signer {
 	s := &Signer{}
-	s.pool.New = func() any { return newMACs(keys) }
+	s.pool.New = func() any { return newSigners(keys) }
 	return s
 }
 
 // Sign is like the package-level Sign with the Signer's keys.
 func (s *Signer) Sign(id string, ts time.Time, body []byte) string {
+	return s.SignParts(id, ts, body)
+}
+
+// SignParts signs the body made of parts in order, without joining them
+// for the HMAC keys (an ed25519 signature needs the message in one piece).
+func (s *Signer) SignParts(id string, ts time.Time, parts ...[]byte) string {
 	m := s.pool.Get().(*macs)
 	defer s.pool.Put(m)
-	return string(m.sign(id, ts, body))
+	return string(m.sign(id, ts, parts...))
 }
 
 // Verify checks a message against its webhook-id, webhook-timestamp and
@@ -127,44 +155,82 @@ func Verify(keys [][]byte, id, timestamp, signatureHeader string, body []byte, n
 	return fmt.Errorf("%w: body, webhook-id or webhook-timestamp changed, or signed with another secret", ErrNoMatchingSignature)
 }
 
-// macs holds one keyed HMAC per key plus scratch space, so that a pooled
-// instance signs without allocating.
+// macs holds one keyed HMAC or ed25519 key per key plus scratch space, so
+// that a pooled instance signs HMACs without allocating.
 type macs struct {
-	hmacs  []hash.Hash
-	prefix []byte // id "." timestamp "."
-	out    []byte // the header value
+	hmacs  []hash.Hash          // nil where the key is ed25519
+	eds    []ed25519.PrivateKey // nil where the key is HMAC
+	prefix []byte               // id "." timestamp "."
+	msg    []byte               // the whole message, for ed25519 only
+	out    []byte               // the header value
 	sum    [sha256.Size]byte
 }
 
-func newMACs(keys [][]byte) *macs {
-	m := &macs{hmacs: make([]hash.Hash, len(keys))}
+func newSigners(keys []Key) *macs {
+	m := &macs{hmacs: make([]hash.Hash, len(keys)), eds: make([]ed25519.PrivateKey, len(keys))}
 	for i, k := range keys {
-		m.hmacs[i] = hmac.New(sha256.New, k)
+		if k.Ed25519 != nil {
+			m.eds[i] = k.Ed25519
+			continue
+		}
+		m.hmacs[i] = hmac.New(sha256.New, k.HMAC)
 	}
 	return m
 }
 
+// maxKeptMessage bounds the ed25519 scratch a pooled signer keeps between
+// calls, so that one large event does not pin its size in every pool entry.
+const maxKeptMessage = 256 << 10
+
 // sign returns the header value in m's scratch space, valid until the next
-// call.
-func (m *macs) sign(id string, ts time.Time, body []byte) []byte {
+// call. The body is parts in order.
+func (m *macs) sign(id string, ts time.Time, parts ...[]byte) []byte {
 	// Grown once to the final size: 20 digits, a sign and two dots; "v1,",
 	// 44 base64 characters and a separator per key.
 	m.prefix = append(slices.Grow(m.prefix[:0], len(id)+23), id...)
 	m.prefix = append(m.prefix, '.')
 	m.prefix = strconv.AppendInt(m.prefix, ts.Unix(), 10)
 	m.prefix = append(m.prefix, '.')
+	m.msg = m.msg[:0]
 	m.out = slices.Grow(m.out[:0], len(m.hmacs)*48)
 	for i, h := range m.hmacs {
 		if i > 0 {
 			m.out = append(m.out, ' ')
 		}
+		if h == nil {
+			m.out = append(m.out, "v1a,"...)
+			m.out = base64.StdEncoding.AppendEncode(m.out, ed25519.Sign(m.eds[i], m.message(parts)))
+			continue
+		}
 		// Reset restores the keyed state, which hmac caches after the first
 		// use, so reusing h skips rehashing the key.
 		h.Reset()
 		h.Write(m.prefix)
-		h.Write(body)
+		for _, p := range parts {
+			h.Write(p)
+		}
 		m.out = append(m.out, "v1,"...)
 		m.out = base64.StdEncoding.AppendEncode(m.out, h.Sum(m.sum[:0]))
 	}
+	if cap(m.msg) > maxKeptMessage {
+		m.msg = nil
+	}
 	return m.out
+}
+
+// message joins the prefix and parts for ed25519, which signs a message in
+// one piece (it hashes it twice); built once per call.
+func (m *macs) message(parts [][]byte) []byte {
+	if len(m.msg) > 0 {
+		return m.msg
+	}
+	n := len(m.prefix)
+	for _, p := range parts {
+		n += len(p)
+	}
+	m.msg = append(slices.Grow(m.msg[:0], n), m.prefix...)
+	for _, p := range parts {
+		m.msg = append(m.msg, p...)
+	}
+	return m.msg
 }

@@ -2,6 +2,8 @@ package signing
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"encoding/base64"
 	"errors"
 	"net/http"
 	"strconv"
@@ -218,6 +220,54 @@ func TestDecodeSecret(t *testing.T) {
 	}
 }
 
+// TestEd25519 signs with an ed25519 key between two HMAC keys: the v1a
+// entry verifies with crypto/ed25519 against the public key over
+// id.timestamp.body, the HMAC entries with the official library, and the
+// body given in parts signs as the whole.
+func TestEd25519(t *testing.T) {
+	pub, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hmacKey := vectorKey(t)
+	lib, err := standardwebhooks.NewWebhookRaw(hmacKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer := NewKeySigner([]Key{{HMAC: hmacKey}, {Ed25519: priv}, {HMAC: []byte("other")}})
+	now := time.Now()
+	for _, body := range [][]byte{nil, []byte(`{"a":1}`), bytes.Repeat([]byte("y"), 300<<10)} {
+		id := "evt_" + strconv.Itoa(len(body))
+		half := len(body) / 2
+		header := signer.SignParts(id, now, body[:half], nil, body[half:])
+		if whole := signer.Sign(id, now, body); whole != header {
+			t.Errorf("parts sign %q, the whole body %q", header, whole)
+		}
+		sigs := strings.Fields(header)
+		if len(sigs) != 3 || !strings.HasPrefix(sigs[0], "v1,") || !strings.HasPrefix(sigs[1], "v1a,") || !strings.HasPrefix(sigs[2], "v1,") {
+			t.Fatalf("webhook-signature = %q, want v1, v1a, v1", header)
+		}
+		raw, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(sigs[1], "v1a,"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := append([]byte(id+"."+strconv.FormatInt(now.Unix(), 10)+"."), body...)
+		if !ed25519.Verify(pub, msg, raw) {
+			t.Errorf("body of %d bytes: ed25519 signature does not verify with the public key", len(body))
+		}
+		if ed25519.Verify(pub, append(msg, '!'), raw) {
+			t.Error("ed25519 signature verifies a changed body")
+		}
+		h := http.Header{}
+		h.Set(standardwebhooks.HeaderWebhookID, id)
+		h.Set(standardwebhooks.HeaderWebhookTimestamp, strconv.FormatInt(now.Unix(), 10))
+		h.Set(standardwebhooks.HeaderWebhookSignature, header)
+		if err := lib.Verify(body, h); err != nil {
+			t.Errorf("official library rejects the mixed header: %v", err)
+		}
+	}
+}
+
 func TestSignerConcurrent(t *testing.T) {
 	keys := [][]byte{vectorKey(t), []byte("second")}
 	s := NewSigner(keys)
@@ -267,4 +317,16 @@ func BenchmarkSign(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkSignParts1MiB signs a 1 MiB body given in three parts, as the
+// envelope sends it: no copy of the body for HMAC keys.
+func BenchmarkSignParts1MiB(b *testing.B) {
+	s := NewSigner([][]byte{vectorKey(b)})
+	body := bytes.Repeat([]byte("x"), 1<<20)
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		s.SignParts("evt_1", now, []byte(`{"data":`), body, []byte("}"))
+	}
 }

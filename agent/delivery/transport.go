@@ -1,0 +1,127 @@
+package delivery
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/warren-hq/warren/config"
+)
+
+// Transport settings shared by every endpoint.
+const (
+	// idleTimeout closes a keep-alive connection nobody used for this long:
+	// an idle subscription keeps no connections (SPEC §10).
+	idleTimeout = 20 * time.Second
+	// maxIdlePerHost is above the largest concurrency, so that connections
+	// an endpoint's workers use are kept between attempts, not reopened.
+	maxIdlePerHost = 1024
+	// maxResponseHeaderBytes bounds what an endpoint can make warren read
+	// before the body.
+	maxResponseHeaderBytes = 64 << 10
+)
+
+// transportKey is what decides whether two subscriptions can share
+// connections: the same scheme, host and port, and TLS settings.
+type transportKey struct {
+	scheme, host string
+	tls          config.TLS
+}
+
+type sharedTransport struct {
+	key  transportKey
+	tr   *http.Transport
+	refs int
+}
+
+// transports holds one transport per key while any client uses it.
+var transports = struct {
+	sync.Mutex
+	m map[transportKey]*sharedTransport
+}{m: map[transportKey]*sharedTransport{}}
+
+// acquire returns the shared transport for s's endpoint, creating it on
+// first use.
+//
+// No MaxConnsPerHost: a shared transport serves many subscriptions, and
+// each caps its own requests in flight at its concurrency (one per
+// worker), so connections to a host are bounded by the sum of the
+// concurrencies of the subscriptions on it; a fixed cap would make one
+// subscription wait for another's connections. maxIdlePerHost keeps the
+// connections in use between attempts and idleTimeout drops them when
+// the traffic stops.
+func acquire(s config.Subscription) (*sharedTransport, error) {
+	u, err := url.Parse(s.URL)
+	if err != nil {
+		return nil, err
+	}
+	key := transportKey{scheme: u.Scheme, host: strings.ToLower(u.Host)}
+	if u.Scheme == "https" {
+		key.tls = s.TLS
+	}
+	transports.Lock()
+	defer transports.Unlock()
+	if st, ok := transports.m[key]; ok {
+		st.refs++
+		return st, nil
+	}
+	tr := &http.Transport{
+		Proxy: http.ProxyFromEnvironment,
+		// The attempt's context bounds dial, TLS handshake and answer.
+		DialContext:            (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext,
+		ForceAttemptHTTP2:      true,
+		MaxIdleConnsPerHost:    maxIdlePerHost,
+		IdleConnTimeout:        idleTimeout,
+		MaxResponseHeaderBytes: maxResponseHeaderBytes,
+		ExpectContinueTimeout:  time.Second,
+	}
+	if key.tls != (config.TLS{}) {
+		if tr.TLSClientConfig, err = clientTLS(key.tls); err != nil {
+			return nil, err
+		}
+	}
+	st := &sharedTransport{key: key, tr: tr, refs: 1}
+	transports.m[key] = st
+	return st, nil
+}
+
+func release(st *sharedTransport) {
+	transports.Lock()
+	defer transports.Unlock()
+	if st.refs--; st.refs == 0 {
+		delete(transports.m, st.key)
+		st.tr.CloseIdleConnections()
+	}
+}
+
+// clientTLS builds the TLS settings of an https:// endpoint: its CA (else
+// the system's), a client certificate for mutual TLS, a server name.
+func clientTLS(t config.TLS) (*tls.Config, error) {
+	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("tls: read ca_file: %w", err)
+		}
+		c.RootCAs = x509.NewCertPool()
+		if !c.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, errors.New("tls: ca_file holds no PEM certificate")
+		}
+	}
+	if t.CertFile != "" || t.KeyFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("tls: load cert_file and key_file: %w", err)
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	return c, nil
+}

@@ -1,0 +1,113 @@
+package metrics
+
+import (
+	"encoding/json"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+)
+
+// metricName finds metric names in PromQL: warren's own and the Go and
+// process collectors'.
+var metricName = regexp.MustCompile(`\b(?:warren|go|process)_[a-z0-9_]+\b`)
+
+// TestExampleDashboards checks that every metric the Grafana dashboard and
+// the Prometheus alerts query is one warren exports.
+func TestExampleDashboards(t *testing.T) {
+	m := New()
+	m.For("orders")
+	m.Reloads.WithLabelValues("success")
+	families, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	exported := map[string]bool{}
+	for _, f := range families {
+		name := f.GetName()
+		exported[name] = true
+		if f.GetType().String() == "HISTOGRAM" {
+			for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+				exported[name+suffix] = true
+			}
+		}
+	}
+
+	var dashboard any
+	readJSON(t, "../../examples/grafana/warren.json", &dashboard)
+	var alerts struct {
+		Groups []struct {
+			Rules []struct {
+				Alert string `yaml:"alert"`
+				Expr  string `yaml:"expr"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	data, err := os.ReadFile("../../examples/prometheus/alerts.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(data, &alerts); err != nil {
+		t.Fatalf("alerts.yaml: %v", err)
+	}
+	var alertExprs []string
+	for _, g := range alerts.Groups {
+		for _, r := range g.Rules {
+			if r.Alert == "" || r.Expr == "" {
+				t.Errorf("alerts.yaml: rule %q has no alert name or expr", r.Alert)
+			}
+			alertExprs = append(alertExprs, r.Expr)
+		}
+	}
+
+	for file, exprs := range map[string][]string{
+		"grafana/warren.json":    queries(dashboard),
+		"prometheus/alerts.yaml": alertExprs,
+	} {
+		used := map[string]bool{}
+		for _, e := range exprs {
+			for _, name := range metricName.FindAllString(e, -1) {
+				used[name] = true
+				if !exported[name] {
+					t.Errorf("%s queries %s, which warren does not export (in %q)", file, name, e)
+				}
+			}
+		}
+		if len(used) < 6 {
+			t.Errorf("%s uses %d metrics (%v), want the dashboard to cover warren's", file, len(used), used)
+		}
+	}
+}
+
+func readJSON(t *testing.T, file string, v any) {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+}
+
+// queries collects every "expr" and "query" string in a Grafana dashboard.
+func queries(v any) []string {
+	var out []string
+	switch x := v.(type) {
+	case map[string]any:
+		for k, val := range x {
+			if s, ok := val.(string); ok && (k == "expr" || k == "query") && strings.Contains(s, "_") {
+				out = append(out, s)
+				continue
+			}
+			out = append(out, queries(val)...)
+		}
+	case []any:
+		for _, val := range x {
+			out = append(out, queries(val)...)
+		}
+	}
+	return out
+}
