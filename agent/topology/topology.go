@@ -68,6 +68,10 @@ func Subscription(cfg *config.Config, s config.Subscription) []Queue {
 		// than 20 times unless it has somewhere to dead-letter it.
 		workArgs = deadLetterTo(workArgs, dead)
 	}
+	if s.MaxPriority > 0 {
+		// Config allows it on classic queues only.
+		workArgs["x-max-priority"] = int32(s.MaxPriority)
+	}
 	queues := []Queue{{Name: work, Args: workArgs, Patterns: s.Events}}
 	for _, d := range s.Tiers() {
 		t := deadLetterTo(args(), work)
