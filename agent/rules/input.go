@@ -38,6 +38,9 @@ func NewInput(ev event.Event, headers amqp.Table) *Input {
 	return &Input{ev: ev, headers: headers}
 }
 
+// APIVersion is the event's api_version header, "" when absent.
+func (in *Input) APIVersion() string { return in.ev.APIVersion }
+
 var _ interpreter.Activation = (*Input)(nil)
 
 // ResolveName implements interpreter.Activation.
