@@ -31,9 +31,6 @@ func (v *checker) subscriptions() {
 		v.expression(path+".filter", expr.Filter, s.Filter)
 		v.expression(path+".transform", expr.Transform, s.Transform)
 		v.expression(path+".ordering.key", expr.OrderingKey, s.Ordering.Key)
-		if v.c.set(path+".ordering") && s.Ordering.Key == "" {
-			v.required(path+".ordering.key", "a CEL expression such as data.account_id")
-		}
 	}
 }
 
