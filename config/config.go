@@ -77,6 +77,9 @@ type Server struct {
 	// DedupWindow is how many recently delivered event ids are remembered per
 	// process to skip a second POST after a lost ack; 0 turns it off.
 	DedupWindow int `yaml:"dedup_window"`
+	// MaxInFlight caps the attempts in flight across all subscriptions
+	// together; 0 means no cap. Under it, priority orders who waits.
+	MaxInFlight int `yaml:"max_in_flight"`
 }
 
 // Options are the delivery settings every subscription inherits from
@@ -97,6 +100,13 @@ type Options struct {
 	ForwardHeaders []string `yaml:"forward_headers"`
 	// TLS is the client side of https:// endpoints: CA, client certificate.
 	TLS TLS `yaml:"tls"`
+	// APIVersion delivers only events whose api_version header equals it,
+	// and events without one; "" delivers every version.
+	APIVersion string `yaml:"api_version"`
+	// Priority orders waiting attempts under server.max_in_flight.
+	Priority string `yaml:"priority"` // high | normal | low
+	// MaxPriority declares the work queue with x-max-priority; 0 = none.
+	MaxPriority int `yaml:"max_priority"`
 }
 
 // Retry is the backoff schedule: one tier queue per distinct delay.
@@ -120,6 +130,23 @@ type Subscription struct {
 	Secrets []Secret          `yaml:"secrets"`
 	Headers map[string]string `yaml:"headers"`
 	Options `yaml:",inline"`
+
+	// The routing rules below are CEL expressions about this endpoint's own
+	// events, so they are never inherited from defaults.
+
+	// Filter is a bool expression: events for which it is false are acked
+	// without a request.
+	Filter string `yaml:"filter"`
+	// Transform is an expression whose JSON value replaces data in the
+	// envelope, or the body in raw and cloudevents.
+	Transform string   `yaml:"transform"`
+	Ordering  Ordering `yaml:"ordering"`
+}
+
+// Ordering delivers events with equal keys one at a time, in queue order.
+type Ordering struct {
+	// Key is a CEL expression giving a string or a number; "" = unordered.
+	Key string `yaml:"key"`
 }
 
 // Formats a subscription may use.
@@ -127,6 +154,13 @@ const (
 	FormatEnvelope    = "envelope"
 	FormatRaw         = "raw"
 	FormatCloudEvents = "cloudevents"
+)
+
+// Priorities a subscription may have.
+const (
+	PriorityHigh   = "high"
+	PriorityNormal = "normal"
+	PriorityLow    = "low"
 )
 
 // Queue types.
@@ -165,6 +199,7 @@ func Default() Config {
 			},
 			CircuitBreaker: CircuitBreaker{Cooldown: 30 * time.Second},
 			ForwardHeaders: []string{},
+			Priority:       PriorityNormal,
 		},
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/warren-hq/warren/config/expr"
 )
 
 func (v *checker) subscriptions() {
@@ -26,7 +28,53 @@ func (v *checker) subscriptions() {
 		v.headers(path+".headers", s.Headers)
 		v.options(path, s.Options, func(key string) bool { return c.set(join(path, key)) })
 		v.queueNames(path, s)
+		v.expression(path+".filter", expr.Filter, s.Filter)
+		v.expression(path+".transform", expr.Transform, s.Transform)
+		v.expression(path+".ordering.key", expr.OrderingKey, s.Ordering.Key)
 	}
+}
+
+// expression compiles a CEL expression. A problem is placed at the start of
+// the YAML value and says where inside the expression it lies: quoting and
+// block scalars make the exact file column unreliable.
+func (v *checker) expression(path string, kind expr.Kind, src string) {
+	if src == "" {
+		return
+	}
+	_, problems, err := expr.Compile(kind, src)
+	if err != nil {
+		v.add(path, "%s", err)
+		return
+	}
+	multiline := strings.Contains(strings.TrimSuffix(src, "\n"), "\n")
+	for _, p := range problems {
+		var where string
+		switch {
+		case p.Column == 0:
+			where = "got " + quoteExpr(src)
+		case multiline:
+			where = fmt.Sprintf("at line %d, column %d of %s", p.Line, p.Column, quoteExpr(src))
+		default:
+			where = fmt.Sprintf("at column %d of %s", p.Column, quoteExpr(src))
+		}
+		if p.Want != "" {
+			where += ", " + p.Want
+		}
+		v.add(path, "%s (%s)", p.Message, where)
+	}
+}
+
+// quoteExpr shows an expression in a message, shortened when long.
+func quoteExpr(src string) string {
+	const max = 80
+	if len(src) <= max {
+		return strconv.Quote(src)
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(src[cut]) {
+		cut--
+	}
+	return strconv.Quote(src[:cut]) + "…"
 }
 
 func (v *checker) name(path, name string, names map[string]string) {

@@ -20,6 +20,7 @@ const (
 	maxPrefetch    = 65535                          // basic.qos prefetch-count is a uint16
 	maxTTL         = (1<<32 - 1) * time.Millisecond // x-message-ttl
 	maxConcurrency = 1000
+	maxPriority    = 255 // x-max-priority
 )
 
 var subscriptionName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
@@ -191,6 +192,9 @@ func (v *checker) server() {
 	if s.DedupWindow < 0 {
 		v.add("server.dedup_window", `must not be negative (got "%d", want a count of event ids, or 0 to turn it off)`, s.DedupWindow)
 	}
+	if s.MaxInFlight < 0 {
+		v.add("server.max_in_flight", `must not be negative (got "%d", want a count of attempts, or 0 for no cap)`, s.MaxInFlight)
+	}
 }
 
 func checkListen(addr string) string {
@@ -259,6 +263,24 @@ func (v *checker) options(path string, o Options, own func(key string) bool) {
 	v.tls(at("tls"), o.TLS, own)
 	if own("circuit_breaker.cooldown") && o.CircuitBreaker.Cooldown <= 0 {
 		v.add(at("circuit_breaker.cooldown"), "must be positive (got %q, want a duration such as 30s)", DelayName(o.CircuitBreaker.Cooldown))
+	}
+	if own("api_version") && !validHeaderValue(o.APIVersion) {
+		v.add(at("api_version"), "control character (got %q, want a version such as 2026-01-01)", o.APIVersion)
+	}
+	if own("priority") {
+		switch o.Priority {
+		case PriorityHigh, PriorityNormal, PriorityLow, "": // "": normal, for configs built in code
+		default:
+			v.add(at("priority"), "unknown priority (got %q, want high, normal or low)", o.Priority)
+		}
+	}
+	if own("max_priority") {
+		switch {
+		case o.MaxPriority < 0 || o.MaxPriority > maxPriority:
+			v.add(at("max_priority"), `out of range (got "%d", want 1 to %d, or 0 for none)`, o.MaxPriority, maxPriority)
+		case o.MaxPriority > 0 && v.c.Broker.QueueType == QueueQuorum:
+			v.add(at("max_priority"), `not supported by quorum queues (got "%d" with broker.queue_type quorum, want 0, or queue_type classic)`, o.MaxPriority)
+		}
 	}
 }
 

@@ -58,6 +58,29 @@ subscriptions:
 `,
 			[]string{"subscriptions[0].url: plain http to a non-loopback host without secrets"},
 		},
+		{
+			"priority without max_in_flight",
+			`defaults: {priority: low}
+subscriptions:
+  - {name: a, url: 'https://a.example.com/', events: [a], priority: high}
+  - {name: b, url: 'https://b.example.com/', events: [b], priority: normal}
+  - {name: c, url: 'https://c.example.com/', events: [c]}
+`,
+			[]string{
+				"defaults.priority: low has no effect without server.max_in_flight",
+				"subscriptions[0].priority: high has no effect without server.max_in_flight",
+			},
+		},
+		{
+			"priority with max_in_flight",
+			"server: {max_in_flight: 10}\nsubscriptions: [{name: a, url: 'https://a.example.com/', events: [a], priority: high}]\n",
+			nil,
+		},
+		{
+			"many priority levels",
+			"subscriptions: [{name: a, url: 'https://a.example.com/', events: [a], max_priority: 11}]\n",
+			[]string{"subscriptions[0].max_priority: 11 priority levels, each costs"},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

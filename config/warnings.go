@@ -12,6 +12,10 @@ import (
 // on it.
 const consumerTimeout = 30 * time.Minute
 
+// maxUsefulPriority is what RabbitMQ advises for x-max-priority: every level
+// is an internal queue.
+const maxUsefulPriority = 10
+
 // Warnings returns advice about a valid config that is legal but probably
 // not what was meant, each as "path: message".
 func (c *Config) Warnings() []string {
@@ -25,6 +29,16 @@ func (c *Config) Warnings() []string {
 	if msg := unackedWait(c.Defaults); msg != "" {
 		warn("defaults", "%s", msg)
 	}
+	// priority and max_priority are checked where they were written.
+	priority := func(path string, o Options) {
+		if c.set(path+".priority") && o.Priority != PriorityNormal && o.Priority != "" && c.Server.MaxInFlight == 0 {
+			warn(path+".priority", "%s has no effect without server.max_in_flight, as no attempt ever waits for a slot (want server.max_in_flight set, or remove priority)", o.Priority)
+		}
+		if c.set(path+".max_priority") && o.MaxPriority > maxUsefulPriority {
+			warn(path+".max_priority", "%d priority levels, each costs RabbitMQ memory and CPU on the work queue (want at most %d)", o.MaxPriority, maxUsefulPriority)
+		}
+	}
+	priority("defaults", c.Defaults)
 	for i, s := range c.Subscriptions {
 		path := fmt.Sprintf("subscriptions[%d]", i)
 		// Inherited options were already warned about at defaults.
@@ -32,6 +46,7 @@ func (c *Config) Warnings() []string {
 		if msg := unackedWait(s.Options); own && msg != "" {
 			warn(path, "%s", msg)
 		}
+		priority(path, s.Options)
 		if len(s.Secrets) == 0 && plainRemoteHTTP(s.URL) {
 			warn(path+".url", "plain http to a non-loopback host without secrets, so events travel unsigned and unencrypted (want https, or secrets)")
 		}

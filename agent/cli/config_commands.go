@@ -3,13 +3,18 @@ package cli
 import (
 	"fmt"
 	"strings"
+	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/spf13/cobra"
 
 	"github.com/warren-hq/warren/agent/broker"
 	"github.com/warren-hq/warren/agent/buildinfo"
+	"github.com/warren-hq/warren/agent/event"
+	"github.com/warren-hq/warren/agent/rules"
 	"github.com/warren-hq/warren/agent/topic"
 	"github.com/warren-hq/warren/agent/topology"
+	"github.com/warren-hq/warren/config"
 )
 
 func (a *app) validateCommand() *cobra.Command {
@@ -74,37 +79,102 @@ func (a *app) topologyCommand() *cobra.Command {
 }
 
 func (a *app) routesCommand() *cobra.Command {
+	var (
+		id, data string
+		headers  []string
+	)
 	cmd := &cobra.Command{
 		Use:   "routes ROUTING_KEY",
-		Short: "List the subscriptions a routing key reaches",
-		Args:  exactArgs(1, "one ROUTING_KEY"),
+		Short: "List the subscriptions a routing key reaches, and what their routing rules make of an event",
+		Long: `List the subscriptions whose patterns match ROUTING_KEY. For each, the
+routing rules are run on an event with that key, the body from --data and
+the headers from --header: whether it is delivered, filtered (and why) or
+would be parked by a failing expression, its ordering key and the body a
+transform gives.`,
+		Args: exactArgs(1, "one ROUTING_KEY"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := a.loadConfig()
 			if err != nil {
 				return err
 			}
-			key := args[0]
+			d := amqp.Delivery{RoutingKey: args[0], MessageId: id, Timestamp: time.Now(), Headers: amqp.Table{}}
+			for _, h := range headers {
+				k, v, ok := strings.Cut(h, "=")
+				if !ok || k == "" {
+					return usagef("--header %q: want NAME=VALUE", h)
+				}
+				d.Headers[k] = v // strings, as warren publish sends them
+			}
+			if data != "" {
+				if d.Body, err = a.readBody(data); err != nil {
+					return err
+				}
+			}
+			in := rules.NewInput(event.FromDelivery(&d, d.Timestamp), d.Headers)
 			found := false
 			for _, s := range cfg.Subscriptions {
 				var matched []string
 				for _, p := range s.Events {
-					if topic.Match(p, key) {
+					if topic.Match(p, args[0]) {
 						matched = append(matched, fmt.Sprintf("%q", p))
 					}
 				}
-				if len(matched) > 0 {
-					found = true
-					fmt.Fprintf(a.env.Stdout, "%s\t%s\t(%s)\n", s.Name, cfg.WorkQueue(s), strings.Join(matched, ", "))
+				if len(matched) == 0 {
+					continue
 				}
+				found = true
+				prg, err := rules.Compile(s)
+				if err != nil {
+					return err // validated at load: a bug
+				}
+				fmt.Fprintf(a.env.Stdout, "%s\t%s\t(%s)\t%s\n", s.Name, cfg.WorkQueue(s), strings.Join(matched, ", "), routeDetails(prg, s, in))
 			}
 			if !found {
-				fmt.Fprintf(a.env.Stdout, "no subscription receives %q\n", key)
+				fmt.Fprintf(a.env.Stdout, "no subscription receives %q\n", args[0])
 			}
 			return nil
 		},
 	}
 	a.addConfigFlag(cmd)
+	cmd.Flags().StringVar(&data, "data", "", "event body: JSON, @FILE or - for standard input (default: none, so data is null)")
+	cmd.Flags().StringArrayVar(&headers, "header", nil, "message header NAME=VALUE, a string value (repeatable); api_version=V sets the event's version")
+	cmd.Flags().StringVar(&id, "id", "", "event id the expressions see as id (default: derived from the event, as for a message without message_id)")
 	return cmd
+}
+
+// routeDetails says what one subscription's rules make of an event: the
+// outcome, then the ordering key and the transformed body when it has them.
+func routeDetails(prg *rules.Program, s config.Subscription, in *rules.Input) string {
+	if !prg.APIVersionMatches(in) {
+		return fmt.Sprintf("filtered: api_version %q, subscription takes %q", in.APIVersion(), s.APIVersion)
+	}
+	var b strings.Builder
+	switch ok, err := prg.Filter(in); {
+	case err != nil:
+		fmt.Fprintf(&b, "parked: %v", err)
+	case !ok:
+		b.WriteString("filtered: filter is false")
+	default:
+		b.WriteString("delivered")
+		if s.Filter != "" {
+			b.WriteString(" (filter is true)")
+		}
+		if key, ok, err := prg.OrderingKey(in); ok {
+			if err != nil {
+				fmt.Fprintf(&b, "\n  parked: %v", err)
+				return b.String()
+			}
+			fmt.Fprintf(&b, "\n  ordering key: %q", key)
+		}
+		if body, ok, err := prg.Transform(in); ok {
+			if err != nil {
+				fmt.Fprintf(&b, "\n  parked: %v", err)
+				return b.String()
+			}
+			fmt.Fprintf(&b, "\n  body: %s", body)
+		}
+	}
+	return b.String()
 }
 
 func (a *app) versionCommand() *cobra.Command {

@@ -499,3 +499,118 @@ func ch(t *testing.T) *amqp.Channel {
 	}
 	return c
 }
+
+func TestRoutesRules(t *testing.T) {
+	t.Parallel()
+	path, cfg := configFile(t, header+`  max_in_flight: 10
+subscriptions:
+  - name: orders
+    url: https://orders.example.com/webhooks
+    events: ["order.*"]
+  - name: big-orders
+    url: https://erp.example.com/hooks
+    events: ["order.*"]
+    filter: 'type == "order.completed" && data.amount >= 100000'
+    api_version: "2026-01-01"
+    transform: '{"order": data.id, "amount": data.amount, "tenant": headers[?"tenant"].orValue(""), "id": id}'
+    ordering: {key: data.customer}
+  - name: payments
+    url: https://payments.example.com/hooks
+    events: ["payment.*"]
+    filter: 'false'
+`)
+	body := writeFile(t, "order.json", `{"id": "ord_1", "amount": 150000, "customer": 42}`)
+	cases := []struct {
+		name string
+		args []string
+		want string // the big-orders part of the output
+	}{
+		{"delivered with body and key",
+			[]string{"--data", "@" + body, "--header", "tenant=acme", "--id", "evt_x"},
+			`big-orders	{{.Queue}}	("order.*")	delivered (filter is true)
+  ordering key: "42"
+  body: {"amount":150000,"id":"evt_x","order":"ord_1","tenant":"acme"}
+`},
+		{"filter false",
+			[]string{"--data", `{"id": "ord_1", "amount": 5, "customer": 42}`},
+			`big-orders	{{.Queue}}	("order.*")	filtered: filter is false
+`},
+		{"filter error parks",
+			[]string{"--data", `{"id": "ord_1"}`},
+			`big-orders	{{.Queue}}	("order.*")	parked: filter: no such key: amount
+`},
+		{"non-JSON body",
+			[]string{"--data", `not json`},
+			`big-orders	{{.Queue}}	("order.*")	parked: filter: `},
+		{"matching api_version",
+			[]string{"--data", "@" + body, "--header", "api_version=2026-01-01"},
+			`big-orders	{{.Queue}}	("order.*")	delivered (filter is true)`},
+		{"other api_version",
+			[]string{"--data", "@" + body, "--header", "api_version=2025-06-01"},
+			`big-orders	{{.Queue}}	("order.*")	filtered: api_version "2025-06-01", subscription takes "2026-01-01"
+`},
+		{"transform error parks",
+			[]string{"--data", `{"amount": 100000, "customer": "c"}`},
+			`big-orders	{{.Queue}}	("order.*")	delivered (filter is true)
+  ordering key: "c"
+  parked: transform: no such key: id
+`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := execute(t, nil, append([]string{"routes", "-c", path, "order.completed"}, tc.args...)...)
+			r.wantCode(t, 0)
+			lines := strings.SplitN(r.stdout, "\n", 2)
+			if !strings.HasPrefix(lines[0], "orders\t") || !strings.HasSuffix(lines[0], "\tdelivered") {
+				t.Errorf("first line %q, want orders delivered (no rules)", lines[0])
+			}
+			big, _ := cfg.Subscription("big-orders")
+			want := strings.ReplaceAll(tc.want, "{{.Queue}}", cfg.WorkQueue(big))
+			if len(lines) < 2 || !strings.HasPrefix(lines[1], want) {
+				t.Errorf("stdout:\n%s\nwant it to continue with:\n%s", r.stdout, want)
+			}
+			if strings.Contains(r.stdout, "payments") {
+				t.Errorf("stdout names payments, whose pattern does not match:\n%s", r.stdout)
+			}
+		})
+	}
+
+	r := execute(t, nil, "routes", "-c", path, "payment.captured")
+	r.wantCode(t, 0)
+	if !strings.Contains(r.stdout, "payments\t") || !strings.HasSuffix(r.stdout, "\tfiltered: filter is false\n") {
+		t.Errorf("stdout = %q, want payments filtered", r.stdout)
+	}
+
+	r = execute(t, nil, "routes", "-c", path, "order.completed", "--header", "novalue")
+	r.wantCode(t, 2)
+	r.noUsage(t)
+}
+
+func TestValidateRoutingRules(t *testing.T) {
+	t.Parallel()
+	path := writeFile(t, "warren.yaml", `subscriptions:
+  - name: orders
+    url: https://orders.example.com/webhooks
+    events: ["order.*"]
+    priority: high
+    filter: data.amount > 5
+`)
+	r := execute(t, nil, "validate", "-c", path)
+	r.wantCode(t, 0)
+	if want := path + ": warning: subscriptions[0].priority: high has no effect without server.max_in_flight"; !strings.HasPrefix(r.stderr, want) {
+		t.Errorf("stderr = %q, want it to start with %q", r.stderr, want)
+	}
+
+	path = writeFile(t, "warren.yaml", `subscriptions:
+  - name: orders
+    url: https://orders.example.com/webhooks
+    events: ["order.*"]
+    filter: data.amount > dta
+`)
+	r = execute(t, nil, "validate", "-c", path)
+	r.wantCode(t, 2)
+	want := path + `:5:13: subscriptions[0].filter: undeclared reference to 'dta' (did you mean 'data'?) (at column 15 of "data.amount > dta", want one of id, type, data, headers, api_version, created_at)`
+	if strings.TrimSpace(r.stderr) != "error: "+want && !strings.Contains(r.stderr, want) {
+		t.Errorf("stderr = %q, want %q", r.stderr, want)
+	}
+}

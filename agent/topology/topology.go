@@ -117,6 +117,10 @@ func Subscription(cfg *config.Config, s config.Subscription) []Queue {
 		// than 20 times unless it has somewhere to dead-letter it.
 		workArgs = deadLetter(cfg, workArgs, dead)
 	}
+	if s.MaxPriority > 0 {
+		// Config allows it on classic queues only.
+		workArgs["x-max-priority"] = int32(s.MaxPriority)
+	}
 	return []Queue{
 		{Name: work, Args: workArgs, Patterns: s.Events},
 		{Name: dead, Args: amqp.Table{"x-queue-type": cfg.Broker.QueueType}},

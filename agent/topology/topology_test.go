@@ -9,6 +9,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/warren-hq/warren/agent/internal/brokertest"
 	"github.com/warren-hq/warren/config"
 )
 
@@ -134,5 +135,83 @@ func TestStreamArgs(t *testing.T) {
 		if args["x-max-age"] != tc.maxAge || args["x-stream-max-segment-size-bytes"] != tc.segment {
 			t.Errorf("StreamArgs(%s, %s) = %v, want x-max-age %q, segment %d", tc.age, tc.bytes, args, tc.maxAge, tc.segment)
 		}
+	}
+}
+
+func TestMaxPriorityOnWorkQueueOnly(t *testing.T) {
+	cfg := testConfig(config.QueueClassic, time.Second)
+	cfg.Subscriptions[0].MaxPriority = 10
+	queues := For(cfg).Queues
+	if got := queues[0].Args["x-max-priority"]; got != int32(10) {
+		t.Errorf("work queue x-max-priority = %#v, want int32(10)", got)
+	}
+	for _, q := range queues[1:] {
+		if _, ok := q.Args["x-max-priority"]; ok {
+			t.Errorf("queue %s has x-max-priority, want it on the work queue only", q.Name)
+		}
+	}
+	cfg.Subscriptions[0].MaxPriority = 0
+	if _, ok := For(cfg).Queues[0].Args["x-max-priority"]; ok {
+		t.Error("x-max-priority set with max_priority 0")
+	}
+}
+
+// TestMaxPriorityOnBroker declares a work queue with max_priority and checks
+// that RabbitMQ hands out higher AMQP priorities first.
+func TestMaxPriorityOnBroker(t *testing.T) {
+	conn := brokertest.Dial(t)
+	prefix := brokertest.Unique(t)
+	cfg := testConfig(config.QueueClassic, time.Second)
+	cfg.Broker.QueuePrefix, cfg.Broker.Exchange = prefix, prefix
+	cfg.Subscriptions[0].MaxPriority = 10
+	plan := For(cfg)
+	t.Cleanup(func() {
+		ch, err := conn.Channel()
+		if err != nil {
+			t.Errorf("cleanup: %v", err)
+			return
+		}
+		defer ch.Close()
+		for _, q := range plan.Queues {
+			if _, err := ch.QueueDelete(q.Name, false, false, false); err != nil {
+				t.Errorf("delete queue %s: %v", q.Name, err)
+			}
+		}
+		if err := ch.ExchangeDelete(prefix, false, false); err != nil {
+			t.Errorf("delete exchange %s: %v", prefix, err)
+		}
+	})
+	if err := Apply(conn, plan); err != nil {
+		t.Fatal(err)
+	}
+
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []uint8{1, 9, 5, 0} {
+		conf, err := ch.PublishWithDeferredConfirmWithContext(t.Context(), prefix, "order.created", false, false,
+			amqp.Publishing{Priority: p, Body: []byte{p}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := conf.WaitContext(t.Context()); !ok || err != nil {
+			t.Fatalf("publish priority %d: confirmed %v, %v", p, ok, err)
+		}
+	}
+	var got []uint8
+	for range 4 {
+		d, ok, err := ch.Get(cfg.WorkQueue(cfg.Subscriptions[0]), true)
+		if err != nil || !ok {
+			t.Fatalf("get: %v, %v (got %v so far)", ok, err, got)
+		}
+		got = append(got, d.Priority)
+	}
+	if want := []uint8{9, 5, 1, 0}; !reflect.DeepEqual(got, want) {
+		t.Errorf("priorities in delivery order = %v, want %v", got, want)
 	}
 }
