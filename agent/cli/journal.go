@@ -13,6 +13,7 @@ import (
 	"github.com/warren-hq/warren/agent/broker"
 	"github.com/warren-hq/warren/agent/event"
 	"github.com/warren-hq/warren/agent/journal"
+	"github.com/warren-hq/warren/agent/rules"
 	"github.com/warren-hq/warren/agent/topic"
 	"github.com/warren-hq/warren/config"
 )
@@ -136,10 +137,6 @@ func (a *app) replayCommand() *cobra.Command {
 			if win.since == "" {
 				return usagef("--since is required: a duration back from now (2h) or RFC 3339")
 			}
-			if filter != "" {
-				// See journal.Receives, where it belongs.
-				return usagef("--filter is not supported yet: replay sends the window's events that match the subscription's patterns; narrow the window with --since and --until")
-			}
 			w, err := win.window()
 			if err != nil {
 				return err
@@ -152,6 +149,10 @@ func (a *app) replayCommand() *cobra.Command {
 			if !ok {
 				return usagef("no subscription %q in %s", args[0], cfg.Path)
 			}
+			programs, err := replayRules(s, filter)
+			if err != nil {
+				return err
+			}
 			conn, err := broker.Dial(cfg.Broker, "replay-cli")
 			if err != nil {
 				return err
@@ -163,6 +164,7 @@ func (a *app) replayCommand() *cobra.Command {
 				Stream:       cfg.JournalStream(),
 				WorkQueue:    cfg.WorkQueue(s),
 				Subscription: s,
+				Rules:        programs,
 				Window:       w,
 				DryRun:       dryRun,
 				Progress: func(read, matched int) {
@@ -183,7 +185,7 @@ func (a *app) replayCommand() *cobra.Command {
 	}
 	a.addConfigFlag(cmd)
 	win.add(cmd, "from this time (required)")
-	cmd.Flags().StringVar(&filter, "filter", "", "CEL expression an event must satisfy (not supported yet)")
+	cmd.Flags().StringVar(&filter, "filter", "", "CEL expression an event must satisfy too, with the variables of a subscription's filter")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "count what would be replayed, send nothing")
 	return cmd
 }
@@ -270,4 +272,22 @@ func stamp(t time.Time) string {
 		return "-"
 	}
 	return t.UTC().Format(time.RFC3339)
+}
+
+// replayRules compiles the subscription's rules and the --filter
+// expression, which gets the same checks as a filter in the config.
+func replayRules(s config.Subscription, filter string) ([]*rules.Program, error) {
+	own, err := rules.Compile(s)
+	if err != nil {
+		return nil, err
+	}
+	programs := []*rules.Program{own}
+	if filter != "" {
+		extra, err := rules.Compile(config.Subscription{Name: s.Name, Filter: filter})
+		if err != nil {
+			return nil, usagef("--filter: %v", err)
+		}
+		programs = append(programs, extra)
+	}
+	return programs, nil
 }

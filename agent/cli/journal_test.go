@@ -152,6 +152,22 @@ func TestEventsAndReplayByTime(t *testing.T) {
 	if got := drain(t, conn, work); len(got) != 4 || got[0].Headers[event.HeaderReplay] == replays[0] {
 		t.Errorf("second replay put %d message(s) on %s, want 4 with a new replay id", len(got), work)
 	}
+
+	// --filter narrows it with a CEL expression over the event.
+	r = execute(t, nil, "replay", "-c", path, "orders", "--since", "1h", "--filter", "data.n >= 4")
+	r.wantCode(t, 0)
+	if !strings.Contains(r.stdout, "replayed 2 of 5 event(s)") {
+		t.Errorf("filtered replay printed:\n%s", r.stdout)
+	}
+	var filtered []string
+	for _, d := range drain(t, conn, work) {
+		filtered = append(filtered, d.MessageId)
+	}
+	if !slices.Equal(filtered, []string{"evt_b1", "evt_b2"}) {
+		t.Errorf("filtered replay sent %v, want [evt_b1 evt_b2]", filtered)
+	}
+	r = execute(t, nil, "replay", "-c", path, "orders", "--since", "1h", "--filter", "data.n +")
+	r.wantCode(t, 2)
 }
 
 func TestAttempts(t *testing.T) {

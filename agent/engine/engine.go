@@ -16,7 +16,10 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/warren-hq/warren/agent/broker"
 	"github.com/warren-hq/warren/agent/buildinfo"
+	"github.com/warren-hq/warren/agent/journal"
+	"github.com/warren-hq/warren/agent/logging"
 	"github.com/warren-hq/warren/agent/dedup"
 	"github.com/warren-hq/warren/agent/metrics"
 	"github.com/warren-hq/warren/agent/topology"
@@ -39,6 +42,8 @@ type Engine struct {
 	// more subscriptions open more connections. It stays below RabbitMQ's
 	// default channel_max of 2,047.
 	ChannelsPerConnection int
+
+	slots *slots // server.max_in_flight; nil: no cap
 
 	mu      sync.Mutex
 	cfg     *config.Config
@@ -66,6 +71,7 @@ func New(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) *Engine {
 		SampleEvery:           5 * time.Second,
 		ChannelsPerConnection: 500,
 	}
+	e.slots = newSlots(cfg.Server.MaxInFlight)
 	e.subs = e.plan(cfg)
 	m.ConfigHash.Set(hash(cfg))
 	return e
@@ -133,11 +139,14 @@ func (e *Engine) Run(ctx context.Context) error {
 // runner is what Run keeps while it runs: the subscribers at work and the
 // broker links they use.
 type runner struct {
-	e       *Engine
-	hard    context.Context
-	fatal   chan error
-	running map[*subscriber]*runningSub
-	links   *links
+	e        *Engine
+	hard     context.Context
+	fatal    chan error
+	running  map[*subscriber]*runningSub
+	links    *links
+	recorder *journal.Recorder // nil without broker.journal
+	// stopRecorder flushes what the recorder holds and stops it.
+	stopRecorder func()
 }
 
 // runningSub is a subscriber at work.
@@ -174,10 +183,17 @@ func (r *runner) connect(cfg *config.Config) {
 		},
 		onChange: e.setConnected,
 	}
-	if r.links != nil {
-		r.links.close()
-	}
+	r.disconnect()
 	r.links = l
+	if cfg.Broker.Journal != nil {
+		ctx, stop := context.WithCancel(context.Background())
+		rec, done := journal.NewRecorder(cfg.AttemptsStream(), journal.RecorderOptions{}), make(chan struct{})
+		go func() {
+			defer close(done)
+			e.runRecorder(ctx, cfg.Broker, rec)
+		}()
+		r.recorder, r.stopRecorder = rec, func() { stop(); <-done }
+	}
 	e.mu.Lock()
 	e.links = l
 	e.mu.Unlock()
@@ -187,7 +203,7 @@ func (r *runner) start(ctx context.Context, s *subscriber) {
 	rctx, stop := context.WithCancel(ctx)
 	rs := &runningSub{stop: stop, done: make(chan struct{})}
 	r.running[s] = rs
-	env := &env{links: r.links, copies: r.links, hard: r.hard, e: r.e}
+	env := r.env()
 	go func() {
 		defer close(rs.done)
 		if err := s.run(rctx, env); err != nil {
@@ -217,7 +233,45 @@ func (r *runner) stopAll() {
 		subs = append(subs, s)
 	}
 	r.stop(subs)
-	r.links.close()
+	r.disconnect()
+}
+
+// disconnect flushes the recorder and closes the links, if any.
+func (r *runner) disconnect() {
+	if r.recorder != nil {
+		r.stopRecorder()
+		r.recorder = nil
+	}
+	if r.links != nil {
+		r.links.close()
+	}
+}
+
+func (r *runner) env() *env {
+	return &env{links: r.links, copies: r.links, hard: r.hard, e: r.e, recorder: r.recorder}
+}
+
+// runRecorder keeps rec publishing to P.attempts on a connection of its
+// own, redialing after a failure, until ctx ends; Run flushes what is left
+// then.
+func (e *Engine) runRecorder(ctx context.Context, b config.Broker, rec *journal.Recorder) {
+	wait := e.MinBackoff
+	for ctx.Err() == nil {
+		conn, err := broker.Dial(b, "attempts")
+		if err == nil {
+			err = rec.Run(ctx, conn)
+			closeConn(conn)
+			if err == nil {
+				return
+			}
+		}
+		e.log.Warn("attempts journal: reconnecting", logging.Err(err))
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, e.MaxBackoff)
+	}
 }
 
 // apply is the one reload path, whether the broker is up or not. It first
@@ -312,7 +366,7 @@ func (r *runner) apply(ctx context.Context, next *config.Config) {
 }
 
 func (r *runner) announce(key string, ev OperatorEvent) {
-	(&env{links: r.links, copies: r.links, hard: r.hard, e: r.e}).announce(key, ev)
+	r.env().announce(key, ev)
 }
 
 // declare declares plan on a channel of its own.
@@ -445,3 +499,6 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// MetricsOf returns the metrics e reports to.
+func MetricsOf(e *Engine) *metrics.Metrics { return e.metrics }

@@ -13,7 +13,11 @@ import (
 	"github.com/warren-hq/warren/agent/dedup"
 	"github.com/warren-hq/warren/agent/delivery"
 	"github.com/warren-hq/warren/agent/event"
+	"github.com/warren-hq/warren/agent/journal"
 	"github.com/warren-hq/warren/agent/logging"
+	"github.com/warren-hq/warren/agent/metrics"
+	"github.com/warren-hq/warren/agent/rules"
+	"github.com/warren-hq/warren/config"
 )
 
 // store is how a copy reaches the broker: publish, then wait for the
@@ -28,26 +32,42 @@ var (
 	holdMax   = 10 * time.Second
 )
 
-// handle settles one delivery: ack after a 2xx, or after the broker
-// confirmed the copy that replaces it (retry, parking, or the id stamp).
-// A copy the broker will not take is repaired where it can be and tried
-// again with backoff while the original is held, so the endpoint never
-// sees the event again at once. ctx ends waiting for the rate limiter
-// (shutdown); env.hard ends the attempt and the holding.
+// handle settles one delivery: ack after a 2xx, after the subscription's
+// rules filtered it out, or after the broker confirmed the copy that
+// replaces it (retry, parking, or the id stamp). A copy the broker will not
+// take is repaired where it can be and tried again with backoff while the
+// original is held, so the endpoint never sees the event again at once.
+// ctx ends waiting for the rate limiter and a slot (shutdown); env.hard
+// ends the attempt and the holding.
 func (s *subscriber) handle(ctx context.Context, env *env, d *amqp.Delivery) {
 	now := time.Now()
 	ev := event.FromDelivery(d, now)
+	// Facts about the message park it at once: no attempt, and nothing a
+	// circuit breaker counts.
+	if max := s.opts.MaxBodyBytes; max > 0 && int64(len(d.Body)) > int64(max) {
+		s.parkUnsent(env, d, &ev, now, fmt.Sprintf("body of %d bytes is over max_body_bytes (%s): raise it for this subscription or publish smaller events", len(d.Body), max))
+		return
+	}
+	var in *rules.Input
+	if s.rules != nil || s.rulesErr != nil {
+		in = rules.NewInput(ev, d.Headers)
+		wanted, err := s.wants(in)
+		if err != nil {
+			s.parkUnsent(env, d, &ev, now, err.Error())
+			return
+		}
+		if !wanted {
+			ack(d, s.log)
+			s.metrics.Filtered.Inc()
+			env.record(s, &ev, 0, 0, metrics.OutcomeFiltered, "")
+			s.logEvent(slog.LevelDebug, "filtered", &ev)
+			return
+		}
+	}
 	if d.MessageId == "" {
 		// Give the event an id of its own before anything is sent: derived
 		// from the content, two equal publishes would be one event.
 		s.replace(env, d, &ev, "", s.work, event.Stamp(d, ev), "stamped")
-		return
-	}
-	if max := s.opts.MaxBodyBytes; max > 0 && int64(len(d.Body)) > int64(max) {
-		reason := fmt.Sprintf("body of %d bytes is over max_body_bytes (%d): raise it for this subscription or publish smaller events", len(d.Body), max)
-		if s.park(env, d, &ev, now, 0, reason) {
-			s.logEvent(slog.LevelError, "parked", &ev, slog.String("reason", reason))
-		}
 		return
 	}
 	dedupKey := dedup.Key{Subscription: s.name, Event: ev.ID}
@@ -57,21 +77,38 @@ func (s *subscriber) handle(ctx context.Context, env *env, d *amqp.Delivery) {
 		s.logEvent(slog.LevelInfo, "duplicate of an event already delivered; acked without sending", &ev)
 		return
 	}
+	if in != nil && s.rules.HasTransform() {
+		body, ok, err := s.rules.Transform(in)
+		if err != nil {
+			s.parkUnsent(env, d, &ev, now, err.Error())
+			return
+		}
+		if ok {
+			ev.Body = body
+			if s.opts.Format != config.FormatEnvelope {
+				ev.ContentType = "application/json"
+			}
+		}
+	}
 	if s.limiter != nil {
 		if err := s.limiter.Wait(ctx); err != nil {
 			s.requeue(d, &ev, "shutting down")
 			return
 		}
-		now = time.Now()
+	}
+	if err := env.e.slots.acquire(ctx, s.opts.Priority); err != nil {
+		s.requeue(d, &ev, "shutting down")
+		return
 	}
 	if s.paused.Load() || ctx.Err() != nil {
+		env.e.slots.release()
 		s.requeue(d, &ev, "subscription stopping")
 		return
 	}
-
 	s.metrics.InFlight.Inc()
-	res := s.client.Send(env.hard, s.endpoint, &ev, now)
+	res := s.client.Send(env.hard, s.endpoint, &ev, time.Now())
 	s.metrics.InFlight.Dec()
+	env.e.slots.release()
 	if res.Status == 0 && env.hard.Err() != nil {
 		s.requeue(d, &ev, "attempt cut short by shutdown")
 		return
@@ -88,23 +125,43 @@ func (s *subscriber) handle(ctx context.Context, env *env, d *amqp.Delivery) {
 		s.seen.Add(dedupKey)
 		ack(d, s.log)
 		s.metrics.Delivered.Inc()
+		env.record(s, &ev, res.Status, res.Duration, metrics.OutcomeDelivered, "")
 		s.logEvent(slog.LevelInfo, "delivered", &ev, attrs...)
 		return
 	case delivery.Retry:
 		msg := event.Copy(d, ev, event.Outcome{Status: res.Status, Error: lastError(dec, res)}, time.Time{})
 		if s.replace(env, d, &ev, s.tiers[dec.Delay], s.work, msg, "retry") {
 			s.metrics.Retried.Inc()
+			env.record(s, &ev, res.Status, res.Duration, metrics.OutcomeRetried, res.Err.Error())
 			s.logEvent(slog.LevelWarn, "retry scheduled", &ev, append(attrs, logging.Err(res.Err), slog.String("delay", dec.Delay.String()))...)
 		}
 		return
 	}
 	if s.park(env, d, &ev, now, res.Status, lastError(dec, res)) {
+		env.record(s, &ev, res.Status, res.Duration, metrics.OutcomeParked, lastError(dec, res))
 		s.logEvent(slog.LevelError, "parked", &ev, append(attrs, logging.Err(res.Err), slog.String("reason", dec.Reason))...)
 	}
 	if dec.Pause && !s.paused.Swap(true) {
 		s.metrics.Paused.Set(1)
 		s.pause <- struct{}{}
 		env.announce(KeyPaused, OperatorEvent{Subscription: s.name, Reason: dec.Reason, At: now.UTC()})
+	}
+}
+
+// wants applies the subscription's api_version and filter.
+func (s *subscriber) wants(in *rules.Input) (bool, error) {
+	if s.rulesErr != nil {
+		return false, s.rulesErr
+	}
+	return s.rules.Wants(in)
+}
+
+// parkUnsent parks an event that was never sent, for a reason about the
+// message itself.
+func (s *subscriber) parkUnsent(env *env, d *amqp.Delivery, ev *event.Event, now time.Time, reason string) {
+	if s.park(env, d, ev, now, 0, reason) {
+		env.record(s, ev, 0, 0, metrics.OutcomeParked, reason)
+		s.logEvent(slog.LevelError, "parked", ev, slog.String("reason", reason))
 	}
 }
 
@@ -206,3 +263,15 @@ func (s *subscriber) logEvent(level slog.Level, msg string, ev *event.Event, att
 }
 
 var _ store = (*links)(nil)
+
+// record appends the outcome to the P.attempts stream when the journal is
+// on; it never blocks.
+func (env *env) record(s *subscriber, ev *event.Event, status int, took time.Duration, outcome, errText string) {
+	if env.recorder == nil {
+		return
+	}
+	env.recorder.Record(journal.Attempt{
+		Subscription: s.name, EventID: ev.ID, Type: ev.Type, Attempt: ev.Attempt,
+		Status: status, DurationMS: took.Milliseconds(), Outcome: outcome, Error: errText, At: time.Now().UTC(),
+	})
+}

@@ -13,8 +13,10 @@ import (
 
 	"github.com/warren-hq/warren/agent/dedup"
 	"github.com/warren-hq/warren/agent/delivery"
+	"github.com/warren-hq/warren/agent/journal"
 	"github.com/warren-hq/warren/agent/logging"
 	"github.com/warren-hq/warren/agent/metrics"
+	"github.com/warren-hq/warren/agent/rules"
 	"github.com/warren-hq/warren/agent/topology"
 	"github.com/warren-hq/warren/config"
 	"golang.org/x/time/rate"
@@ -41,6 +43,8 @@ type subscriber struct {
 	shared   topology.Plan // exchange and tiers, redeclared with its own queues on repair
 	endpoint *delivery.Endpoint
 	client   *delivery.Client
+	rules    *rules.Program
+	rulesErr error
 	seen     *dedup.Window
 	log      *slog.Logger
 	metrics  *metrics.Subscription
@@ -72,6 +76,9 @@ func newSubscriber(cfg *config.Config, s config.Subscription, userAgent string, 
 	for _, d := range s.Tiers() {
 		sub.tiers[d] = cfg.RetryQueue(d)
 	}
+	// Validate compiled every expression already: an error here is a bug,
+	// and the subscription parks each event with it rather than guess.
+	sub.rules, sub.rulesErr = rules.Compile(s)
 	sub.breaker = newBreaker(s.CircuitBreaker.Failures, s.CircuitBreaker.Cooldown, sub.log, m)
 	if s.RateLimit > 0 {
 		sub.limiter = rate.NewLimiter(rate.Limit(s.RateLimit), 1)
@@ -87,10 +94,11 @@ func (s *subscriber) State() string { return s.state.Load().(string) }
 
 // env is what a running subscriber uses from the engine.
 type env struct {
-	links  *links
-	copies store           // the links; a fake in unit tests
-	hard   context.Context // ends in-flight attempts after the shutdown grace
-	e      *Engine
+	links    *links
+	copies   store           // the links; a fake in unit tests
+	hard     context.Context // ends in-flight attempts after the shutdown grace
+	e        *Engine
+	recorder *journal.Recorder // nil without broker.journal
 }
 
 // run supervises the subscription until ctx ends: whatever fails on its

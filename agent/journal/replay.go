@@ -3,11 +3,13 @@ package journal
 import (
 	"context"
 	"crypto/rand"
+	"slices"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/warren-hq/warren/agent/event"
+	"github.com/warren-hq/warren/agent/rules"
 	"github.com/warren-hq/warren/agent/topic"
 	"github.com/warren-hq/warren/config"
 )
@@ -20,8 +22,11 @@ type Replay struct {
 	Stream       string // P.journal
 	WorkQueue    string // P.S
 	Subscription config.Subscription
-	Window       Window
-	DryRun       bool // count, publish nothing
+	// Rules are the subscription's filter and api_version, and the
+	// replay's own --filter, all of which an event must pass; nil: none.
+	Rules  []*rules.Program
+	Window Window
+	DryRun bool // count, publish nothing
 	// Progress, when set, is called after each message read.
 	Progress func(read, matched int)
 }
@@ -63,7 +68,7 @@ func (r Replay) Run(ctx context.Context, conn *amqp.Connection) (ReplayResult, e
 				r.Progress(res.Read, res.Matched)
 			}
 		}()
-		if !Receives(r.Subscription, d) {
+		if !Receives(r.Subscription, r.Rules, d) {
 			return nil
 		}
 		res.Matched++
@@ -88,17 +93,21 @@ func (r Replay) Run(ctx context.Context, conn *amqp.Connection) (ReplayResult, e
 }
 
 // Receives reports whether subscription s would have received the journaled
-// message d. This is the one place that decides what a replay sends: the
-// subscription's topic patterns are applied here, and so must be its
-// filter and api_version, and the replay's --filter, once routing rules
-// exist.
-func Receives(s config.Subscription, d *amqp.Delivery) bool {
-	for _, pattern := range s.Events {
-		if topic.Match(pattern, d.RoutingKey) {
-			return true
+// message d: one of its topic patterns matches, and every program (its
+// filter and api_version, the replay's --filter) wants it. An event on
+// which an expression fails is not replayed: the engine would park it.
+// This is the one place that decides what a replay sends.
+func Receives(s config.Subscription, programs []*rules.Program, d *amqp.Delivery) bool {
+	if !slices.ContainsFunc(s.Events, func(p string) bool { return topic.Match(p, d.RoutingKey) }) {
+		return false
+	}
+	in := rules.NewInput(event.FromDelivery(d, time.Now()), d.Headers)
+	for _, p := range programs {
+		if ok, err := p.Wants(in); !ok || err != nil {
+			return false
 		}
 	}
-	return false
+	return true
 }
 
 // ReplayMessage builds the copy of journaled message d that a replay puts on

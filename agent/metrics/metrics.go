@@ -15,6 +15,7 @@ const (
 	OutcomeRetried   = "retried"
 	OutcomeParked    = "parked"
 	OutcomeRequeued  = "requeued" // could not settle; back in the work queue
+	OutcomeFiltered  = "filtered" // the subscription's filter or api_version said no: acked unsent
 )
 
 // Metrics is the set warren exports on /metrics.
@@ -41,7 +42,7 @@ func New() *Metrics {
 		Registry: prometheus.NewRegistry(),
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warren_deliveries_total",
-			Help: "Attempts settled, by subscription and outcome (delivered, retried, parked, requeued).",
+			Help: "Deliveries settled, by subscription and outcome (delivered, retried, parked, requeued, filtered).",
 		}, []string{"subscription", "outcome"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "warren_attempt_duration_seconds",
@@ -101,6 +102,7 @@ func New() *Metrics {
 // Subscription holds one subscription's metrics with labels bound.
 type Subscription struct {
 	Delivered, Retried, Parked, Requeued prometheus.Counter
+	Filtered                             prometheus.Counter
 	Latency                              prometheus.Observer
 	InFlight                             prometheus.Gauge
 	CircuitOpen                          prometheus.Gauge
@@ -116,6 +118,7 @@ func (m *Metrics) For(name string) *Subscription {
 		Retried:      m.deliveries.WithLabelValues(name, OutcomeRetried),
 		Parked:       m.deliveries.WithLabelValues(name, OutcomeParked),
 		Requeued:     m.deliveries.WithLabelValues(name, OutcomeRequeued),
+		Filtered:     m.deliveries.WithLabelValues(name, OutcomeFiltered),
 		Latency:      m.latency.WithLabelValues(name),
 		InFlight:     m.inFlight.WithLabelValues(name),
 		CircuitOpen:  m.circuitOpen.WithLabelValues(name),

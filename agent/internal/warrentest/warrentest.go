@@ -5,6 +5,10 @@ package warrentest
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"strings"
 	"io"
 	"log/slog"
 	"net/http"
@@ -98,6 +102,12 @@ func Subscription(cfg *config.Config, s config.Subscription) config.Subscription
 	if s.CircuitBreaker.Cooldown == 0 {
 		s.CircuitBreaker.Cooldown = d.CircuitBreaker.Cooldown
 	}
+	if s.MaxBodyBytes == 0 {
+		s.MaxBodyBytes = d.MaxBodyBytes
+	}
+	if s.Priority == "" {
+		s.Priority = d.Priority
+	}
 	return s
 }
 
@@ -145,6 +155,7 @@ func Apply(t testing.TB, cfg *config.Config) {
 // Request is one webhook a Receiver got.
 type Request struct {
 	At     time.Time
+	Path   string
 	Header http.Header
 	Body   []byte
 }
@@ -172,7 +183,7 @@ func NewReceiver(t testing.TB, respond func(n int, r *http.Request) int) *Receiv
 func (rc *Receiver) serve(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
 	rc.mu.Lock()
-	rc.requests = append(rc.requests, Request{At: time.Now(), Header: r.Header.Clone(), Body: body})
+	rc.requests = append(rc.requests, Request{At: time.Now(), Path: r.URL.Path, Header: r.Header.Clone(), Body: body})
 	n := len(rc.requests)
 	respond := rc.Respond
 	rc.mu.Unlock()
@@ -322,4 +333,37 @@ func Get(t testing.TB, queue string) amqp.Delivery {
 		t.Fatalf("get from %s: ok=%v err=%v", queue, ok, err)
 	}
 	return d
+}
+
+// WaitSettled waits until no queue under cfg's prefix holds a message,
+// ready or unacked (rabbitmqctl counts both), so nothing is left to send.
+func WaitSettled(t testing.TB, cfg *config.Config, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		out, err := exec.Command("rabbitmqctl", "-q", "list_queues", "name", "messages", "--formatter", "json").Output()
+		if err != nil {
+			t.Fatalf("rabbitmqctl list_queues: %v", err)
+		}
+		var queues []struct {
+			Name     string `json:"name"`
+			Messages int    `json:"messages"`
+		}
+		if err := json.Unmarshal(out, &queues); err != nil {
+			t.Fatalf("rabbitmqctl list_queues: %v", err)
+		}
+		busy := ""
+		for _, q := range queues {
+			if strings.HasPrefix(q.Name, cfg.Broker.QueuePrefix+".") && !strings.HasSuffix(q.Name, ".dead") && q.Messages > 0 {
+				busy = fmt.Sprintf("%s holds %d", q.Name, q.Messages)
+			}
+		}
+		if busy == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not settled after %s: %s", timeout, busy)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
