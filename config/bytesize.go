@@ -12,6 +12,10 @@ import (
 // GiB, TiB powers of 1024.
 type ByteSize int64
 
+// AutoSize is the size written "auto": warren chooses (server.memory_limit
+// reads the container's limit).
+const AutoSize ByteSize = -1
+
 // Size units.
 const (
 	KiB ByteSize = 1 << (10 * (iota + 1))
@@ -36,6 +40,9 @@ var errByteSize = errors.New("want bytes or a whole number with a unit such as 5
 // ParseByteSize reads "1048576", "512KiB", "300MB" or "10 GB". Units are
 // case-sensitive: "10Gb" is not ten gigabytes.
 func ParseByteSize(s string) (ByteSize, error) {
+	if s == "auto" {
+		return AutoSize, nil
+	}
 	digits := strings.TrimRight(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 	unit := strings.TrimSpace(s[len(digits):])
 	digits = strings.TrimSpace(digits)
@@ -60,8 +67,11 @@ func ParseByteSize(s string) (ByteSize, error) {
 // String writes the size exactly, in the largest unit that divides it,
 // preferring IEC units: 1MiB, 10GB, 1536B. ParseByteSize reads it back.
 func (b ByteSize) String() string {
-	if b == 0 {
+	switch b {
+	case 0:
 		return "0B"
+	case AutoSize:
+		return "auto"
 	}
 	best := byteUnits[len(byteUnits)-1]
 	for _, u := range byteUnits {

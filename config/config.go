@@ -80,6 +80,11 @@ type Server struct {
 	// MaxInFlight caps the attempts in flight across all subscriptions
 	// together; 0 means no cap. Under it, priority orders who waits.
 	MaxInFlight int `yaml:"max_in_flight"`
+	// MemoryLimit bounds what warren holds: message bodies in flight and
+	// prefetched are kept under about half of it, and it is the Go
+	// runtime's soft memory limit. auto: the container's memory limit less
+	// a margin, or none outside a container; 0: none.
+	MemoryLimit ByteSize `yaml:"memory_limit"`
 }
 
 // Options are the delivery settings every subscription inherits from
@@ -183,6 +188,7 @@ func Default() Config {
 			Listen:        "127.0.0.1:9464",
 			ShutdownGrace: 30 * time.Second,
 			DedupWindow:   100_000,
+			MemoryLimit:   AutoSize,
 		},
 		Defaults: Options{
 			Timeout:      10 * time.Second,

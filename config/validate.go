@@ -192,6 +192,11 @@ func (v *checker) server() {
 	if s.DedupWindow < 0 {
 		v.add("server.dedup_window", `must not be negative (got "%d", want a count of event ids, or 0 to turn it off)`, s.DedupWindow)
 	}
+	if s.MemoryLimit < 0 && s.MemoryLimit != AutoSize {
+		v.add("server.memory_limit", "must not be negative (got %q, want auto, 0 for none, or a size such as 256MiB)", s.MemoryLimit)
+	} else if s.MemoryLimit > 0 && s.MemoryLimit < 32*MiB {
+		v.add("server.memory_limit", "too small to run in (got %q, want auto, 0 for none, or at least 32MiB)", s.MemoryLimit)
+	}
 	if s.MaxInFlight < 0 {
 		v.add("server.max_in_flight", `must not be negative (got "%d", want a count of attempts, or 0 for no cap)`, s.MaxInFlight)
 	}
@@ -234,6 +239,9 @@ func (v *checker) options(path string, o Options, own func(key string) bool) {
 			v.add(at("concurrency"), `above the inherited prefetch %d, so %d of %d workers would sit idle (got "%d", want at most %d, or prefetch: 0)`,
 				o.Prefetch, idle, o.Concurrency, o.Concurrency, o.Prefetch)
 		}
+	}
+	if own("max_body_bytes") && o.MaxBodyBytes < 0 {
+		v.add(at("max_body_bytes"), "not a size (got %q, want a size such as 1MiB, or 0 for no limit)", o.MaxBodyBytes)
 	}
 	if own("rate_limit") && o.RateLimit < 0 {
 		v.add(at("rate_limit"), `must not be negative (got "%g", want requests per second, or 0 for no limit)`, o.RateLimit)

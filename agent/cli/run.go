@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -26,6 +27,12 @@ func (a *app) runCommand() *cobra.Command {
 			}
 			for _, w := range cfg.Warnings() {
 				a.log.Warn("config: " + w)
+			}
+			if limit := engine.MemoryLimit(cfg.Server.MemoryLimit); limit > 0 {
+				// The collector works harder near the limit instead of
+				// letting garbage grow the heap past it.
+				debug.SetMemoryLimit(limit)
+				a.log.Info("memory limit", "bytes", limit, "bodies_held_at_most", limit/2)
 			}
 			m := metrics.New()
 			e := engine.New(cfg, a.log, m)

@@ -43,7 +43,8 @@ type Engine struct {
 	// default channel_max of 2,047.
 	ChannelsPerConnection int
 
-	slots *slots // server.max_in_flight; nil: no cap
+	slots  *slots  // server.max_in_flight; nil: no cap
+	budget *budget // bodies held, from server.memory_limit; nil: no bound
 
 	mu      sync.Mutex
 	cfg     *config.Config
@@ -72,6 +73,7 @@ func New(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) *Engine {
 		ChannelsPerConnection: 500,
 	}
 	e.slots = newSlots(cfg.Server.MaxInFlight)
+	e.budget = newBudget(MemoryLimit(cfg.Server.MemoryLimit))
 	e.subs = e.plan(cfg)
 	m.ConfigHash.Set(hash(cfg))
 	return e

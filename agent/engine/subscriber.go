@@ -195,22 +195,56 @@ func (s *subscriber) session(ctx context.Context, env *env) error {
 // shutdown). A probe consumes one message at a time.
 func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 	closed <-chan *amqp.Error, cancelled <-chan string, probe bool) error {
-	prefetch, workers := s.opts.EffectivePrefetch(), s.opts.Concurrency
+	win := &window{budget: env.e.budget, max: s.opts.EffectivePrefetch()}
+	workers := s.opts.Concurrency
 	if probe {
-		prefetch, workers = 1, 1
+		win.max, workers = 1, 1
 	}
-	if err := ch.Qos(prefetch, 0, false); err != nil {
-		return fmt.Errorf("set prefetch: %w", err)
+	defer win.release()
+
+	var (
+		deliveries <-chan amqp.Delivery
+		tag        string
+		consumers  int
+	)
+	// requeue sends back what a stopped consumer prefetched but never
+	// started; its deliveries channel closes once drained.
+	requeue := func() {
+		_ = ch.Cancel(tag, false)
+		for d := range deliveries {
+			s.metrics.Requeued.Inc()
+			nack(&d, s.log)
+		}
 	}
-	tag := "warren." + s.name
-	deliveries, err := ch.Consume(s.work, tag,
-		false, // auto-ack: no, ack after the outcome is safe
-		false, // exclusive: no, several agents compete
-		false, // no-local
-		false, // no-wait
-		nil)
-	if err != nil {
-		return fmt.Errorf("consume %s: %w", s.work, err)
+	// subscribe starts a consumer with prefetch n. RabbitMQ fixes a
+	// consumer's prefetch when it starts, so a new window is a new
+	// consumer; attempts in flight go on, their acks on the same channel.
+	subscribe := func(n int) error {
+		if n == 0 {
+			return nil
+		}
+		if deliveries != nil {
+			requeue()
+		}
+		if err := ch.Qos(n, 0, false); err != nil {
+			return fmt.Errorf("set prefetch: %w", err)
+		}
+		consumers++
+		tag = fmt.Sprintf("warren.%s.%d", s.name, consumers)
+		d, err := ch.Consume(s.work, tag,
+			false, // auto-ack: no, ack after the outcome is safe
+			false, // exclusive: no, several agents compete
+			false, // no-local
+			false, // no-wait
+			nil)
+		if err != nil {
+			return fmt.Errorf("consume %s: %w", s.work, err)
+		}
+		deliveries = d
+		return nil
+	}
+	if err := subscribe(win.start()); err != nil {
+		return err
 	}
 	if probe {
 		s.state.Store(StateCircuitHalfOpen)
@@ -220,16 +254,17 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 
 	finished := make(chan struct{}, workers)
 	busy := 0
-	// settle waits for the attempts in flight and requeues what was
-	// prefetched but not started; cancel stops the consumer first, so that
-	// the deliveries channel closes once drained.
+	// settle stops the consumer (cancel) or finds it stopped, requeues
+	// what was prefetched but not started, and waits for the attempts in
+	// flight.
 	settle := func(cancel bool) {
 		if cancel {
-			_ = ch.Cancel(tag, false)
-		}
-		for d := range deliveries {
-			s.metrics.Requeued.Inc()
-			nack(&d, s.log)
+			requeue()
+		} else {
+			for d := range deliveries {
+				s.metrics.Requeued.Inc()
+				nack(&d, s.log)
+			}
 		}
 		for ; busy > 0; busy-- {
 			<-finished
@@ -258,8 +293,16 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 				s.handle(ctx, env, &d)
 				finished <- struct{}{}
 			}()
+			if err := subscribe(win.arrived(int64(len(d.Body)))); err != nil {
+				settle(false)
+				return err
+			}
 		case <-finished:
 			busy--
+			if err := subscribe(win.settled()); err != nil {
+				settle(false)
+				return err
+			}
 		case <-ctx.Done():
 			settle(true)
 			return nil
