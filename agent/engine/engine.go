@@ -18,9 +18,9 @@ import (
 
 	"github.com/warren-hq/warren/agent/broker"
 	"github.com/warren-hq/warren/agent/buildinfo"
+	"github.com/warren-hq/warren/agent/dedup"
 	"github.com/warren-hq/warren/agent/journal"
 	"github.com/warren-hq/warren/agent/logging"
-	"github.com/warren-hq/warren/agent/dedup"
 	"github.com/warren-hq/warren/agent/metrics"
 	"github.com/warren-hq/warren/agent/topology"
 	"github.com/warren-hq/warren/config"
