@@ -92,7 +92,13 @@ func (d *decoder) structure(n *yaml.Node, v reflect.Value, path string) bool {
 			d.report(value.key, join(path, key), "unknown key (want one of: %s)", fields)
 			continue
 		}
-		d.decode(value.node, v.FieldByIndex(f.index), join(path, key))
+		p := join(path, key)
+		if d.decode(value.node, v.FieldByIndex(f.index), p) && value.node.Kind != yaml.ScalarNode && value.node.Style&yaml.FlowStyle == 0 {
+			// A block section or list is placed at its key: yaml.v3 puts
+			// it at its first entry, where "key_file: missing" would point
+			// at whatever key came first.
+			d.pos[p] = position{value.key.Line, value.key.Column}
+		}
 	}
 	return true
 }
@@ -124,19 +130,20 @@ func (d *decoder) dict(n *yaml.Node, v reflect.Value, path string) bool {
 	return d.assign(v, m, ok, path)
 }
 
+// sequence sets the list even when some items failed: each of those is
+// reported and stays the zero value at its own index (its path is in
+// failed, so Validate's word on it is dropped), and Validate still checks
+// the others, such as a duplicate among the secrets that did decode.
 func (d *decoder) sequence(n *yaml.Node, v reflect.Value, path string) bool {
 	s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
-	ok := true
 	for i, item := range n.Content {
-		if !d.decode(item, s.Index(i), fmt.Sprintf("%s[%d]", path, i)) {
-			ok = false
-		}
+		d.decode(item, s.Index(i), fmt.Sprintf("%s[%d]", path, i))
 	}
-	return d.assign(v, s, ok, path)
+	v.Set(s)
+	return true
 }
 
-// assign sets a list or map only when all its items decoded: a partial list
-// would shift the indexes Validate reports.
+// assign sets a map only when all its entries decoded.
 func (d *decoder) assign(v, value reflect.Value, ok bool, path string) bool {
 	if !ok {
 		d.failed = append(d.failed, path)

@@ -2,12 +2,14 @@ package config
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 
 	"gopkg.in/yaml.v3"
@@ -26,8 +28,8 @@ func Load(path string) (*Config, error) {
 
 // Parse decodes and validates data, expanding ${VAR} from lookupEnv. file
 // names the data in messages and becomes Config.Path. It returns every
-// problem at once as an *Error: decode problems first, then what Validate
-// found in the rest.
+// problem at once as an *Error, in file order: what decoding found and what
+// Validate found in the rest.
 func Parse(file string, data []byte, lookupEnv func(string) (string, bool)) (*Config, error) {
 	root, problem := parseYAML(data)
 	if problem != nil {
@@ -47,6 +49,10 @@ func Parse(file string, data []byte, lookupEnv func(string) (string, bool)) (*Co
 		}
 	}
 	if len(problems) > 0 {
+		// In file order, wherever each was found.
+		slices.SortStableFunc(problems, func(a, b Problem) int {
+			return cmp.Or(cmp.Compare(a.Line, b.Line), cmp.Compare(a.Column, b.Column))
+		})
 		return nil, &Error{Problems: problems}
 	}
 	return &c, nil

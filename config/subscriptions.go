@@ -174,6 +174,8 @@ func (v *checker) secrets(path string, secrets []Secret) {
 	for i, s := range secrets {
 		at := fmt.Sprintf("%s[%d]", path, i)
 		if s.key == "" {
+			// Also a secret that did not decode: reported there already, and
+			// the rest of the list is still checked.
 			v.required(at, "a secret such as whsec_...")
 			continue
 		}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"runtime/pprof"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -94,16 +95,22 @@ func (rc *receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	buf := rc.bufs.Get().(*[4096]byte)
 	n, _ := io.ReadFull(req.Body, buf[:])
 	if r := rc.cur.Load(); r != nil {
-		r.record(buf[:n], now)
+		r.record(buf[:n], req.URL.RawQuery, now)
 	}
 	rc.bufs.Put(buf)
 	w.WriteHeader(int(rc.status.Load()))
 }
 
-func (r *recording) record(body []byte, now int64) {
+// record notes one request. In the fan-out runs the query s=<subscription>
+// takes the place of the body's seq: one event, one request per
+// subscription.
+func (r *recording) record(body []byte, query string, now int64) {
 	run, ok1 := field(body, `"run":`)
 	seq, ok2 := field(body, `"seq":`)
 	ts, ok3 := field(body, `"ts":`)
+	if s, ok := strings.CutPrefix(query, "s="); ok {
+		seq, ok2 = field([]byte(s), "")
+	}
 	if !ok1 || !ok2 || !ok3 || run != r.run || seq < 0 || seq >= int64(len(r.arrived)) {
 		r.stale.Add(1)
 		return

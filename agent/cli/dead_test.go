@@ -63,8 +63,11 @@ func TestDeadListReplayPurge(t *testing.T) {
 		if f[1] != "order.created" || f[2] != "3" || f[3] != "500" {
 			t.Errorf("listed %q, want type order.created, 3 attempts, last status 500", line)
 		}
-		if !strings.Contains(line, "500") {
-			t.Errorf("listed %q without the last error", line)
+		if at, err := time.Parse(time.RFC3339Nano, f[4]); err != nil || time.Since(at) > time.Minute || time.Until(at) > time.Second {
+			t.Errorf("listed %q, want the time it was parked (%v)", line, err)
+		}
+		if lastErr := strings.Join(f[5:], " "); lastErr != "retries exhausted: HTTP 500" {
+			t.Errorf("listed last error %q, want %q", lastErr, "retries exhausted: HTTP 500")
 		}
 	}
 	if !slices.Equal(slices.Sorted(slices.Values(listed)), ids) {

@@ -63,29 +63,39 @@ func receiver(t *testing.T, process func(Event) error) (url string, got func() [
 // post sends body signed with key the way warren does.
 func post(t *testing.T, url, key, id string, ts time.Time, payload string) int {
 	t.Helper()
-	wh, err := standardwebhooks.NewWebhook(key)
+	code, err := send(url, key, id, ts, payload)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return code
+}
+
+// send is post for goroutines, where t.Fatal would not stop the test.
+func send(url, key, id string, ts time.Time, payload string) (int, error) {
+	wh, err := standardwebhooks.NewWebhook(key)
+	if err != nil {
+		return 0, err
 	}
 	sig, err := wh.Sign(id, ts, []byte(payload))
 	if err != nil {
-		t.Fatal(err)
+		return 0, err
 	}
 	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(payload))
 	if err != nil {
-		t.Fatal(err)
+		return 0, err
 	}
 	req.Header.Set("content-type", "application/json")
 	req.Header.Set("webhook-id", id)
 	req.Header.Set("webhook-timestamp", strconv.FormatInt(ts.Unix(), 10))
 	req.Header.Set("webhook-signature", sig)
-	resp, err := http.DefaultClient.Do(req)
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		return 0, err
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode
+	return resp.StatusCode, nil
 }
 
 func TestVerify(t *testing.T) {
@@ -207,24 +217,52 @@ func TestFailedProcessingIsRetried(t *testing.T) {
 }
 
 func TestDuplicateWhileInProgress(t *testing.T) {
+	var calls atomic.Int32
 	started, release := make(chan struct{}), make(chan struct{})
 	url, got := receiver(t, func(Event) error {
-		close(started)
-		<-release
+		if calls.Add(1) == 1 {
+			close(started)
+			<-release
+		}
 		return nil
 	})
-	first := make(chan int)
-	go func() { first <- post(t, url, secret, "evt_slow", time.Now(), body) }()
-	<-started
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // before the server closes, which waits for handlers
+
+	type answer struct {
+		code int
+		err  error
+	}
+	first := make(chan answer, 1)
+	go func() {
+		code, err := send(url, secret, "evt_slow", time.Now(), body)
+		first <- answer{code, err}
+	}()
+	select {
+	case <-started:
+	case a := <-first:
+		t.Fatalf("first delivery answered (%d, %v) without being processed", a.code, a.err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first delivery was not processed within 10s")
+	}
 	if code := post(t, url, secret, "evt_slow", time.Now(), body); code != http.StatusConflict {
 		t.Errorf("duplicate while the first is processing: status %d, want 409 (so warren retries)", code)
 	}
-	close(release)
-	if code := <-first; code != http.StatusOK {
-		t.Fatalf("first: status %d, want 200", code)
+	unblock()
+	select {
+	case a := <-first:
+		if a.err != nil || a.code != http.StatusOK {
+			t.Fatalf("first: status %d (%v), want 200", a.code, a.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first delivery got no answer within 10s of being released")
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("processed %d times, want once", n)
 	}
 	if n := len(got()); n != 1 {
-		t.Fatalf("processed %d times, want once", n)
+		t.Fatalf("recorded %d events, want once", n)
 	}
 }
 

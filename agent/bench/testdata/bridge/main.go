@@ -8,6 +8,10 @@
 // confirming channel of its own connection, wait for the confirm, then ack
 // (the minimal form of warren's move to a retry tier).
 //
+// -queue may name several queues, comma-separated (the fan-out runs): each
+// is consumed on a channel of its own and its bodies go to -endpoint with
+// ?s=<index of the queue> appended.
+//
 // It prints "first <unixnano>" at its first delivery and, with -n, "done
 // <unixnano>" once n deliveries are acked, then runs until SIGTERM.
 package main
@@ -21,6 +25,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -53,21 +59,15 @@ func run(url, queue, mode, endpoint, retryQueue string, prefetch, workers int, n
 		return err
 	}
 	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return err
+	if mode != "consume" && mode != "bridge" {
+		return fmt.Errorf("unknown mode %q", mode)
 	}
-	if err := ch.Qos(prefetch, 0, false); err != nil {
-		return err
-	}
-	deliveries, err := ch.Consume(queue, "bench-bridge",
-		false, // auto-ack
-		false, // exclusive
-		false, // no-local
-		false, // no-wait
-		nil)
-	if err != nil {
-		return err
+	var b *bridge
+	if mode == "bridge" {
+		if b, err = newBridge(url, endpoint, retryQueue, workers); err != nil {
+			return err
+		}
+		defer b.close()
 	}
 
 	var acked atomic.Int64
@@ -78,42 +78,57 @@ func run(url, queue, mode, endpoint, retryQueue string, prefetch, workers int, n
 			fmt.Printf("done %d\n", time.Now().UnixNano())
 		}
 	}
-
+	queues := strings.Split(queue, ",")
+	fanOut := len(queues) > 1
 	var wg sync.WaitGroup
-	switch mode {
-	case "consume":
-		wg.Go(func() {
-			for d := range deliveries {
-				d.Ack(false)
-				settled()
-			}
-		})
-	case "bridge":
-		b, err := newBridge(url, endpoint, retryQueue, workers)
+	var channels []*amqp.Channel
+	for i, q := range queues {
+		ch, err := conn.Channel()
 		if err != nil {
 			return err
 		}
-		defer b.close()
-		for range workers {
+		if err := ch.Qos(prefetch, 0, false); err != nil {
+			return err
+		}
+		deliveries, err := ch.Consume(q, "bench-bridge",
+			false, // auto-ack
+			false, // exclusive
+			false, // no-local
+			false, // no-wait
+			nil)
+		if err != nil {
+			return err
+		}
+		channels = append(channels, ch)
+		// One queue: -workers goroutines share it. Fan-out: one per queue.
+		goroutines := workers
+		if mode == "consume" || fanOut {
+			goroutines = 1
+		}
+		for range goroutines {
 			wg.Go(func() {
 				for d := range deliveries {
-					b.handle(&d)
+					if b == nil {
+						d.Ack(false)
+					} else {
+						b.handle(&d, i, fanOut)
+					}
 					settled()
 				}
 			})
 		}
-	default:
-		return fmt.Errorf("unknown mode %q", mode)
 	}
 
-	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
+	closed := conn.NotifyClose(make(chan *amqp.Error, 1))
 	select {
 	case <-ctx.Done():
-		ch.Cancel("bench-bridge", false)
+		for _, ch := range channels {
+			ch.Cancel("bench-bridge", false)
+		}
 		wg.Wait()
 		return nil
 	case err := <-closed:
-		return fmt.Errorf("channel closed: %v", err)
+		return fmt.Errorf("connection closed: %v", err)
 	}
 }
 
@@ -170,8 +185,12 @@ func (b *bridge) close() {
 	}
 }
 
-func (b *bridge) handle(d *amqp.Delivery) {
-	if b.post(d.Body) {
+func (b *bridge) handle(d *amqp.Delivery, queue int, fanOut bool) {
+	endpoint := b.endpoint
+	if fanOut {
+		endpoint += "?s=" + strconv.Itoa(queue)
+	}
+	if b.post(endpoint, d.Body) {
 		d.Ack(false)
 		return
 	}
@@ -197,8 +216,8 @@ func (b *bridge) handle(d *amqp.Delivery) {
 	d.Ack(false)
 }
 
-func (b *bridge) post(body []byte) bool {
-	req, err := http.NewRequest(http.MethodPost, b.endpoint, bytes.NewReader(body))
+func (b *bridge) post(endpoint string, body []byte) bool {
+	req, err := http.NewRequest(http.MethodPost, endpoint, bytes.NewReader(body))
 	if err != nil {
 		return false
 	}
