@@ -245,7 +245,15 @@ func (r *runner) apply(ctx context.Context, next *config.Config) {
 		for _, sc := range added {
 			plan.Queues = append(plan.Queues, topology.Subscription(next, sc)...)
 		}
-		if err := e.declare(ctx, r.links, plan); err != nil {
+		// Every queue first, then the bindings: a conflict on one queue
+		// must not leave new patterns bound to the queues before it.
+		queuesOnly := plan
+		queuesOnly.Queues = withoutPatterns(plan.Queues)
+		err := e.declare(ctx, r.links, queuesOnly)
+		if err == nil {
+			err = e.declare(ctx, r.links, plan)
+		}
+		if err != nil {
 			e.metrics.Reloads.WithLabelValues("failure").Inc()
 			e.log.Error("config reload rejected; keeping the running config", "err", err.Error())
 			return
@@ -435,6 +443,15 @@ func (e *Engine) SubscriptionStates() map[string]string {
 func hash(cfg *config.Config) float64 {
 	sum := sha256.Sum256(cfg.Effective())
 	return float64(binary.BigEndian.Uint64(sum[:8]) >> 12)
+}
+
+func withoutPatterns(queues []topology.Queue) []topology.Queue {
+	out := make([]topology.Queue, len(queues))
+	for i, q := range queues {
+		q.Patterns = nil
+		out[i] = q
+	}
+	return out
 }
 
 func contains(list []string, s string) bool {
