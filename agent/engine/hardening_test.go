@@ -17,6 +17,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -843,4 +844,36 @@ func TestReadyzShowsRestartingSubscription(t *testing.T) {
 		t.Errorf("/readyz subscriptions = %v, want fine consuming", last.Subscriptions)
 	}
 	waitState(t, e.Engine, "broken", engine.StateConsuming)
+}
+
+// TestReloadConflictWithNewPrefixKeepsRunningConfig: the same all or
+// nothing when the reload also changes broker.queue_prefix (the path that
+// reconnects).
+func TestReloadConflictWithNewPrefixKeepsRunningConfig(t *testing.T) {
+	rc := warrentest.NewReceiver(t, nil)
+	cfg := warrentest.Config(t, config.Subscription{Name: "kept", URL: rc.URL, Events: []string{"a.*"}})
+	e := hdStart(t, cfg)
+	waitState(t, e.Engine, "kept", engine.StateConsuming)
+
+	next := *cfg
+	next.Broker.QueuePrefix = cfg.Broker.QueuePrefix + "-next"
+	next.Subscriptions = slices.Clone(cfg.Subscriptions)
+	warrentest.CleanupLater(t, &next)
+	ch, err := brokertest.Dial(t).Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(next.WorkQueue(next.Subscriptions[0]), true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
+		t.Fatal(err)
+	}
+
+	e.Reload(&next)
+	failure := map[string]string{"result": "failure"}
+	hdWait(t, 10*time.Second, "the rejected reload", func() bool { return e.metric(t, "warren_config_reloads_total", failure) == 1 })
+	waitState(t, e.Engine, "kept", engine.StateConsuming)
+	warrentest.Publish(t, cfg, "a.1", warrentest.JSON("evt_kept", `{}`))
+	rc.WaitFor(t, 10*time.Second, "the old config's event", func(r []warrentest.Request) bool { return len(r) == 1 })
+	if n := warrentest.Depth(t, cfg.WorkQueue(cfg.Subscriptions[0])); n != 0 {
+		t.Errorf("old work queue holds %d, want 0", n)
+	}
 }
