@@ -131,7 +131,7 @@ func (p *Publisher) failAll(err error) {
 	defer p.mu.Unlock()
 	p.closed = err
 	for seq, pp := range p.pending {
-		pp.result <- fmt.Errorf("%w: %v", ErrNotConfirmed, err)
+		pp.result <- fmt.Errorf("%w: %w", ErrNotConfirmed, err)
 		delete(p.pending, seq)
 	}
 }
@@ -161,7 +161,7 @@ func (p *Publisher) Send(ctx context.Context, exchange, key string, msg amqp.Pub
 	p.mu.Lock()
 	if p.closed != nil {
 		p.mu.Unlock()
-		return nil, fmt.Errorf("%w: %v", ErrNotConfirmed, p.closed)
+		return nil, fmt.Errorf("%w: %w", ErrNotConfirmed, p.closed)
 	}
 	p.pending[pp.seq] = pp
 	p.mu.Unlock()

@@ -158,7 +158,11 @@ type runningSub struct {
 }
 
 // connect replaces the broker links with ones for cfg's broker section.
-func (r *runner) connect(cfg *config.Config) {
+func (r *runner) connect(cfg *config.Config) { r.use(r.newLinks(cfg)) }
+
+// newLinks prepares broker links for cfg's broker section; nothing is
+// dialed until a channel is asked for.
+func (r *runner) newLinks(cfg *config.Config) *links {
 	e := r.e
 	shared := topology.Shared(cfg)
 	l := &links{
@@ -183,16 +187,32 @@ func (r *runner) connect(cfg *config.Config) {
 			e.unbindPending(conn.Channel)
 			return nil
 		},
-		onChange: e.setConnected,
 	}
+	// Only the links in use speak for the broker connection: not links a
+	// reload tried and dropped, nor the ones it replaced.
+	l.onChange = func(up bool, err error) {
+		e.mu.Lock()
+		current := e.links == l
+		e.mu.Unlock()
+		if current {
+			e.setConnected(up, err)
+		}
+	}
+	return l
+}
+
+// use replaces the broker links with l.
+func (r *runner) use(l *links) {
+	e := r.e
 	r.disconnect()
 	r.links = l
-	if cfg.Broker.Journal != nil {
+	if l.broker.Journal != nil {
 		ctx, stop := context.WithCancel(context.Background())
-		rec, done := journal.NewRecorder(cfg.AttemptsStream(), journal.RecorderOptions{}), make(chan struct{})
+		stream := (&config.Config{Broker: l.broker}).AttemptsStream()
+		rec, done := journal.NewRecorder(stream, journal.RecorderOptions{}), make(chan struct{})
 		go func() {
 			defer close(done)
-			e.runRecorder(ctx, cfg.Broker, rec)
+			e.runRecorder(ctx, l.broker, rec)
 		}()
 		r.recorder, r.stopRecorder = rec, func() { stop(); <-done }
 	}
@@ -296,17 +316,40 @@ func (r *runner) apply(ctx context.Context, next *config.Config) {
 		}
 	}
 	declared := false
-	if !brokerChanged && r.links.up() {
+	// A changed broker section gets links of its own, and the new queues
+	// are declared through them before anything running is stopped.
+	declareOn := r.links
+	if brokerChanged {
+		declareOn = r.newLinks(next)
+	}
+	if brokerChanged || r.links.up() {
 		plan := topology.Shared(next)
 		for _, sc := range added {
 			plan.Queues = append(plan.Queues, topology.Subscription(next, sc)...)
 		}
-		if err := e.declare(ctx, r.links, plan); err != nil {
+		// Every queue first, then the bindings: a conflict on one queue
+		// must not leave new patterns bound to the queues before it.
+		queuesOnly := plan
+		queuesOnly.Queues = withoutPatterns(plan.Queues)
+		err := e.declare(ctx, declareOn, queuesOnly)
+		if err == nil {
+			err = e.declare(ctx, declareOn, plan)
+		}
+		if err != nil && brokerChanged && !refused(err) {
+			// The new broker does not answer yet: its queues are
+			// declared on its first connection.
+			err = nil
+		} else if err == nil {
+			declared = true
+		}
+		if err != nil {
+			if brokerChanged {
+				declareOn.close()
+			}
 			e.metrics.Reloads.WithLabelValues("failure").Inc()
 			e.log.Error("config reload rejected; keeping the running config", "err", err.Error())
 			return
 		}
-		declared = true
 	}
 
 	var stopping []*subscriber
@@ -338,8 +381,9 @@ func (r *runner) apply(ctx context.Context, next *config.Config) {
 	e.unbind = append(e.unbind, gone...)
 	e.mu.Unlock()
 	if brokerChanged {
-		r.connect(next)
-	} else if len(gone) > 0 && r.links.up() {
+		r.use(declareOn)
+	}
+	if len(gone) > 0 && r.links.up() {
 		// What fails here stays pending for the next connection.
 		e.unbindPending(func() (*amqp.Channel, error) {
 			ch, release, err := r.links.channel(ctx)
@@ -491,6 +535,22 @@ func (e *Engine) SubscriptionStates() map[string]string {
 func hash(cfg *config.Config) float64 {
 	sum := sha256.Sum256(cfg.Effective())
 	return float64(binary.BigEndian.Uint64(sum[:8]) >> 12)
+}
+
+// refused tells a broker that refused the new topology (a queue with
+// other arguments, a missing exchange) from one that could not be reached.
+func refused(err error) bool {
+	var conflict *topology.ConflictError
+	return errors.As(err, &conflict) || isFatal(err) || isPermanent(err)
+}
+
+func withoutPatterns(queues []topology.Queue) []topology.Queue {
+	out := make([]topology.Queue, len(queues))
+	for i, q := range queues {
+		q.Patterns = nil
+		out[i] = q
+	}
+	return out
 }
 
 func contains(list []string, s string) bool {

@@ -219,8 +219,10 @@ func (s *subscriber) replace(env *env, d *amqp.Delivery, ev *event.Event, exchan
 		if try == 1 {
 			s.logEvent(slog.LevelWarn, "could not store the "+what+" copy; holding the original and trying again", ev, logging.Err(err))
 		}
-		if errors.Is(err, broker.ErrUnroutable) {
-			// An operator deleted a tier or the dead queue: declare them anew.
+		if errors.Is(err, broker.ErrUnroutable) || isNotFound(err) {
+			// An operator deleted a tier (its queue: unroutable; its
+			// exchange: the broker closes the channel with 404) or the dead
+			// queue: declare them anew.
 			s.repair(env)
 		}
 		select {
@@ -260,6 +262,12 @@ func (s *subscriber) logEvent(level slog.Level, msg string, ev *event.Event, att
 	all := make([]slog.Attr, 0, 3+len(attrs))
 	all = append(all, slog.String("event_id", ev.ID), slog.String("type", ev.Type), slog.Int("attempt", ev.Attempt))
 	s.log.LogAttrs(ctx, level, msg, append(all, attrs...)...)
+}
+
+// isNotFound tells a copy refused because its exchange is gone.
+func isNotFound(err error) bool {
+	var amqpErr *amqp.Error
+	return errors.As(err, &amqpErr) && amqpErr.Code == amqp.NotFound
 }
 
 var _ store = (*links)(nil)

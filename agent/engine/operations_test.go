@@ -136,6 +136,9 @@ func TestReloadAddsChangesAndRemovesSubscriptions(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// Keys only the removed patterns matched reach no queue at all.
+	warrentest.PublishUnroutable(t, cfg, "a.y", warrentest.JSON("evt_removed_a", `{}`))
+	warrentest.PublishUnroutable(t, cfg, "c.y", warrentest.JSON("evt_removed_c", `{}`))
 	warrentest.Publish(t, cfg, "b.y", events(3, "evt_after")...)
 	second.WaitFor(t, 10*time.Second, "events after removal", func(r []warrentest.Request) bool { return len(r) == 13 })
 	if n := warrentest.Depth(t, cfg.WorkQueue(cfg.Subscriptions[0])); n != 0 {

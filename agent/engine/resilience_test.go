@@ -333,6 +333,17 @@ func (c *rsIDs) duplicates() int {
 	return c.n - len(c.ids)
 }
 
+// most is the largest number of requests one event got.
+func (c *rsIDs) most() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, k := range c.ids {
+		n = max(n, k)
+	}
+	return n
+}
+
 // check reports every event of want the endpoint never got, and any event it
 // got that was never published.
 func (c *rsIDs) check(t *testing.T, want []amqp.Publishing) {
@@ -874,8 +885,13 @@ func TestBadEndpointsBounded(t *testing.T) {
 	}
 	wantAttempts := perSub * (1 + len(hangSub.Retry.Delays))
 	for name, got := range map[string]int{"hang": hangIDs.requests(), "reset": int(resets.Load()), "500": failIDs.requests()} {
-		if got < wantAttempts {
-			t.Errorf("%s endpoint got %d attempts, want at least %d (every event tried 1 + len(delays) times)", name, got, wantAttempts)
+		if got != wantAttempts {
+			t.Errorf("%s endpoint got %d attempts, want exactly %d (every event tried 1 + len(delays) times, never again at once)", name, got, wantAttempts)
+		}
+	}
+	for name, ids := range map[string]*rsIDs{"hang": hangIDs, "500": failIDs} {
+		if most := ids.most(); most != 1+len(hangSub.Retry.Delays) {
+			t.Errorf("%s endpoint got one event %d times, want each exactly %d times", name, most, 1+len(hangSub.Retry.Delays))
 		}
 	}
 	rsAssertEmpty(t, cfg, map[string]int{"hang": perSub, "reset": perSub, "failing": perSub})
@@ -1107,13 +1123,14 @@ func TestBlockedBrokerStopsDeliveriesWithoutLoss(t *testing.T) {
 	})
 
 	rsWait(t, 30*time.Second, "the engine to notice the block", func() bool {
-		return e.logs.count("broker blocked publishing (memory or disk alarm): deliveries paused until it recovers") == 1
+		return e.logs.count("broker blocked publishing (memory or disk alarm): retry and parking copies wait until it recovers") == 1
 	})
-	// While blocked, the engine takes at most a session's worth of
-	// deliveries at a time; they are requeued, not lost.
+	// While blocked, each worker holds the original whose copy cannot be
+	// stored: at most a prefetch's worth of events is tried, each once.
 	time.Sleep(2 * time.Second)
-	if n := ids.requests(); n > 10*cfg.Subscriptions[0].EffectivePrefetch() {
-		t.Errorf("endpoint got %d attempts while publishing was blocked, want deliveries held back", n)
+	if n, d := ids.requests(), ids.duplicates(); n > cfg.Subscriptions[0].EffectivePrefetch() || d > 0 {
+		t.Errorf("endpoint got %d attempts (%d repeats) while publishing was blocked, want at most %d, none repeated",
+			n, d, cfg.Subscriptions[0].EffectivePrefetch())
 	}
 
 	rsMustCtl(t, "set_vm_memory_high_watermark", watermark)
