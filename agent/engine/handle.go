@@ -40,48 +40,58 @@ var (
 // ctx ends waiting for the rate limiter and a slot (shutdown); env.hard
 // ends the attempt and the holding.
 func (s *subscriber) handle(ctx context.Context, env *env, d *amqp.Delivery) {
+	s.attempt(ctx, env, d, nil)
+}
+
+// attempt is handle, and reports whether the event is done with (delivered,
+// parked, filtered or skipped) rather than waiting for a retry or back in
+// the queue. k binds the attempt to its key in an ordered subscription.
+func (s *subscriber) attempt(ctx context.Context, env *env, d *amqp.Delivery, k *keyHooks) bool {
 	now := time.Now()
 	ev := event.FromDelivery(d, now)
 	// Facts about the message park it at once: no attempt, and nothing a
 	// circuit breaker counts.
 	if max := s.opts.MaxBodyBytes; max > 0 && int64(len(d.Body)) > int64(max) {
-		s.parkUnsent(env, d, &ev, now, fmt.Sprintf("body of %d bytes is over max_body_bytes (%s): raise it for this subscription or publish smaller events", len(d.Body), max))
-		return
+		return s.parkUnsent(env, d, &ev, now, fmt.Sprintf("body of %d bytes is over max_body_bytes (%s): raise it for this subscription or publish smaller events", len(d.Body), max), k)
 	}
 	var in *rules.Input
 	if s.rules != nil || s.rulesErr != nil {
 		in = rules.NewInput(ev, d.Headers)
 		wanted, err := s.wants(in)
 		if err != nil {
-			s.parkUnsent(env, d, &ev, now, err.Error())
-			return
+			return s.parkUnsent(env, d, &ev, now, err.Error(), k)
 		}
 		if !wanted {
-			ack(d, s.log)
+			if !s.done(env, d, &ev, k) {
+				return false
+			}
 			s.metrics.Filtered.Inc()
 			env.record(s, &ev, 0, 0, metrics.OutcomeFiltered, "")
 			s.logEvent(slog.LevelDebug, "filtered", &ev)
-			return
+			return true
 		}
 	}
-	if d.MessageId == "" {
+	if d.MessageId == "" && k == nil {
 		// Give the event an id of its own before anything is sent: derived
-		// from the content, two equal publishes would be one event.
-		s.replace(env, d, &ev, "", s.work, event.Stamp(d, ev), "stamped")
-		return
+		// from the content, two equal publishes would be one event. (An
+		// ordered subscription keeps the derived id: the stamped copy would
+		// go to the back of the queue, behind later events of its key.)
+		s.replace(env, d, &ev, "", s.work, event.Stamp(d, ev), "stamped", nil)
+		return false
 	}
 	dedupKey := dedup.Key{Subscription: s.name, Event: ev.ID}
-	if !event.IsReplay(d) && s.seen.Contains(dedupKey) {
-		ack(d, s.log)
+	if !event.IsReplay(d) && d.MessageId != "" && s.seen.Contains(dedupKey) {
+		if !s.done(env, d, &ev, k) {
+			return false
+		}
 		s.metrics.DedupSkipped.Inc()
 		s.logEvent(slog.LevelInfo, "duplicate of an event already delivered; acked without sending", &ev)
-		return
+		return true
 	}
 	if in != nil && s.rules.HasTransform() {
 		body, ok, err := s.rules.Transform(in)
 		if err != nil {
-			s.parkUnsent(env, d, &ev, now, err.Error())
-			return
+			return s.parkUnsent(env, d, &ev, now, err.Error(), k)
 		}
 		if ok {
 			ev.Body = body
@@ -93,17 +103,17 @@ func (s *subscriber) handle(ctx context.Context, env *env, d *amqp.Delivery) {
 	if s.limiter != nil {
 		if err := s.limiter.Wait(ctx); err != nil {
 			s.requeue(d, &ev, "shutting down")
-			return
+			return false
 		}
 	}
 	if err := env.e.slots.acquire(ctx, s.opts.Priority); err != nil {
 		s.requeue(d, &ev, "shutting down")
-		return
+		return false
 	}
 	if s.paused.Load() || ctx.Err() != nil {
 		env.e.slots.release()
 		s.requeue(d, &ev, "subscription stopping")
-		return
+		return false
 	}
 	s.metrics.InFlight.Inc()
 	res := s.client.Send(env.hard, s.endpoint, &ev, time.Now())
@@ -111,7 +121,7 @@ func (s *subscriber) handle(ctx context.Context, env *env, d *amqp.Delivery) {
 	env.e.slots.release()
 	if res.Status == 0 && env.hard.Err() != nil {
 		s.requeue(d, &ev, "attempt cut short by shutdown")
-		return
+		return false
 	}
 	dec := delivery.Decide(res, ev.Attempt, s.opts.Retry)
 	if !res.Invalid {
@@ -123,21 +133,29 @@ func (s *subscriber) handle(ctx context.Context, env *env, d *amqp.Delivery) {
 	switch dec.Action {
 	case delivery.Ack:
 		s.seen.Add(dedupKey)
-		ack(d, s.log)
+		if !s.done(env, d, &ev, k) {
+			return false
+		}
 		s.metrics.Delivered.Inc()
 		env.record(s, &ev, res.Status, res.Duration, metrics.OutcomeDelivered, "")
 		s.logEvent(slog.LevelInfo, "delivered", &ev, attrs...)
-		return
+		return true
 	case delivery.Retry:
 		msg := event.Copy(d, ev, event.Outcome{Status: res.Status, Error: lastError(dec, res)}, time.Time{})
-		if s.replace(env, d, &ev, s.tiers[dec.Delay], s.work, msg, "retry") {
+		var hold func() error
+		if k != nil {
+			msg.Headers[event.HeaderKeyHead] = true
+			hold = k.hold
+		}
+		if s.replace(env, d, &ev, s.tiers[dec.Delay], s.work, msg, "retry", hold) {
 			s.metrics.Retried.Inc()
 			env.record(s, &ev, res.Status, res.Duration, metrics.OutcomeRetried, res.Err.Error())
 			s.logEvent(slog.LevelWarn, "retry scheduled", &ev, append(attrs, logging.Err(res.Err), slog.String("delay", dec.Delay.String()))...)
 		}
-		return
+		return false
 	}
-	if s.park(env, d, &ev, now, res.Status, lastError(dec, res)) {
+	done := s.park(env, d, &ev, now, res.Status, lastError(dec, res), k)
+	if done {
 		env.record(s, &ev, res.Status, res.Duration, metrics.OutcomeParked, lastError(dec, res))
 		s.logEvent(slog.LevelError, "parked", &ev, append(attrs, logging.Err(res.Err), slog.String("reason", dec.Reason))...)
 	}
@@ -146,6 +164,7 @@ func (s *subscriber) handle(ctx context.Context, env *env, d *amqp.Delivery) {
 		s.pause <- struct{}{}
 		env.announce(KeyPaused, OperatorEvent{Subscription: s.name, Reason: dec.Reason, At: now.UTC()})
 	}
+	return done
 }
 
 // wants applies the subscription's api_version and filter.
@@ -158,11 +177,13 @@ func (s *subscriber) wants(in *rules.Input) (bool, error) {
 
 // parkUnsent parks an event that was never sent, for a reason about the
 // message itself.
-func (s *subscriber) parkUnsent(env *env, d *amqp.Delivery, ev *event.Event, now time.Time, reason string) {
-	if s.park(env, d, ev, now, 0, reason) {
-		env.record(s, ev, 0, 0, metrics.OutcomeParked, reason)
-		s.logEvent(slog.LevelError, "parked", ev, slog.String("reason", reason))
+func (s *subscriber) parkUnsent(env *env, d *amqp.Delivery, ev *event.Event, now time.Time, reason string, k *keyHooks) bool {
+	if !s.park(env, d, ev, now, 0, reason, k) {
+		return false
 	}
+	env.record(s, ev, 0, 0, metrics.OutcomeParked, reason)
+	s.logEvent(slog.LevelError, "parked", ev, slog.String("reason", reason))
+	return true
 }
 
 // lastError is what a copy records of the attempt: the reason and the
@@ -179,9 +200,13 @@ func lastError(dec delivery.Decision, res delivery.Result) string {
 // park moves the event to the dead queue with reason and announces it.
 // Operator events carry the status and the reason, never the response
 // body: they may reach other endpoints.
-func (s *subscriber) park(env *env, d *amqp.Delivery, ev *event.Event, now time.Time, status int, reason string) bool {
+func (s *subscriber) park(env *env, d *amqp.Delivery, ev *event.Event, now time.Time, status int, reason string, k *keyHooks) bool {
 	msg := event.Copy(d, *ev, event.Outcome{Status: status, Error: reason}, now)
-	if !s.replace(env, d, ev, "", s.dead, msg, "parking") {
+	var release func() error
+	if k != nil {
+		release = k.release // a parked event releases its key
+	}
+	if !s.replace(env, d, ev, "", s.dead, msg, "parking", release) {
 		return false
 	}
 	s.metrics.Parked.Inc()
@@ -196,33 +221,49 @@ func (s *subscriber) park(env *env, d *amqp.Delivery, ev *event.Event, now time.
 	return true
 }
 
-// replace stores msg through exchange with routing key, then acks the
-// original. While the broker will not take the copy it holds the original
-// and tries again with backoff, redeclaring this subscription's queues and
-// the tiers when the copy was unroutable; only shutdown (env.hard) gives up
-// and requeues. It reports whether the original was replaced.
-func (s *subscriber) replace(env *env, d *amqp.Delivery, ev *event.Event, exchange, key string, msg amqp.Publishing, what string) bool {
+// replace stores msg through exchange with routing key, then (after
+// beforeAck, when set, succeeded) acks the original. While the broker will
+// not take the copy it holds the original and tries again with backoff
+// (see persist); only shutdown gives up and requeues. It reports whether
+// the original was replaced.
+func (s *subscriber) replace(env *env, d *amqp.Delivery, ev *event.Event, exchange, key string, msg amqp.Publishing, what string, beforeAck func() error) bool {
+	stored := s.persist(env, ev, "store the "+what+" copy", func() error {
+		err := env.copies.publish(env.hard, exchange, key, msg)
+		if err == nil && beforeAck != nil {
+			err = beforeAck()
+		}
+		return err
+	})
+	if !stored {
+		s.requeue(d, ev, "could not store the "+what+" copy before shutdown")
+		return false
+	}
+	ack(d, s.log)
+	return true
+}
+
+// persist runs step until it succeeds, with backoff, while the original
+// is held unacked, so that the endpoint never sees the event again at
+// once. A copy that was unroutable, or whose tier exchange is gone (404),
+// means an operator deleted a queue: this subscription's queues and the
+// tiers are declared anew. Only shutdown (env.hard) gives up: false.
+func (s *subscriber) persist(env *env, ev *event.Event, what string, step func() error) bool {
 	wait := holdFirst
 	for try := 1; ; try++ {
-		err := env.copies.publish(env.hard, exchange, key, msg)
+		err := step()
 		if err == nil {
-			ack(d, s.log)
 			if try > 1 {
-				s.logEvent(slog.LevelInfo, "stored the "+what+" copy after holding the original", ev, slog.Int("tries", try))
+				s.logEvent(slog.LevelInfo, "could "+what+" after holding the original", ev, slog.Int("tries", try))
 			}
 			return true
 		}
 		if env.hard.Err() != nil {
-			s.requeue(d, ev, "could not store the "+what+" copy before shutdown")
 			return false
 		}
 		if try == 1 {
-			s.logEvent(slog.LevelWarn, "could not store the "+what+" copy; holding the original and trying again", ev, logging.Err(err))
+			s.logEvent(slog.LevelWarn, "could not "+what+"; holding the original and trying again", ev, logging.Err(err))
 		}
 		if errors.Is(err, broker.ErrUnroutable) || isNotFound(err) {
-			// An operator deleted a tier (its queue: unroutable; its
-			// exchange: the broker closes the channel with 404) or the dead
-			// queue: declare them anew.
 			s.repair(env)
 		}
 		select {
@@ -231,6 +272,19 @@ func (s *subscriber) replace(env *env, d *amqp.Delivery, ev *event.Event, exchan
 		}
 		wait = min(2*wait, holdMax)
 	}
+}
+
+// done acks an event that is done with (delivered, filtered, skipped). In
+// an ordered subscription the key's next event becomes its head first, so
+// that a crash in between leaves a head to deliver rather than a key held
+// for good.
+func (s *subscriber) done(env *env, d *amqp.Delivery, ev *event.Event, k *keyHooks) bool {
+	if k != nil && !s.persist(env, ev, "release the event's key", k.release) {
+		s.requeue(d, ev, "could not release the event's key before shutdown")
+		return false
+	}
+	ack(d, s.log)
+	return true
 }
 
 // repair redeclares the queues a copy of this subscription may go to.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/warren-hq/warren/agent/dedup"
 	"github.com/warren-hq/warren/agent/delivery"
+	"github.com/warren-hq/warren/agent/event"
 	"github.com/warren-hq/warren/agent/journal"
 	"github.com/warren-hq/warren/agent/logging"
 	"github.com/warren-hq/warren/agent/metrics"
@@ -33,21 +34,22 @@ const (
 // subscriber runs one subscription: a supervised consumer on its work
 // queue that starts an attempt per delivery, up to `concurrency` at once.
 type subscriber struct {
-	name     string
-	opts     config.Subscription
-	exchange string
-	work     string
-	dead     string
-	queues   []topology.Queue // work and dead
-	tiers    map[time.Duration]string
-	shared   topology.Plan // exchange and tiers, redeclared with its own queues on repair
-	endpoint *delivery.Endpoint
-	client   *delivery.Client
-	rules    *rules.Program
-	rulesErr error
-	seen     *dedup.Window
-	log      *slog.Logger
-	metrics  *metrics.Subscription
+	name      string
+	opts      config.Subscription
+	exchange  string
+	queueType string
+	work      string
+	dead      string
+	queues    []topology.Queue // work and dead
+	tiers     map[time.Duration]string
+	shared    topology.Plan // exchange and tiers, redeclared with its own queues on repair
+	endpoint  *delivery.Endpoint
+	client    *delivery.Client
+	rules     *rules.Program
+	rulesErr  error
+	seen      *dedup.Window
+	log       *slog.Logger
+	metrics   *metrics.Subscription
 
 	state   atomic.Value // string
 	paused  atomic.Bool
@@ -58,20 +60,21 @@ type subscriber struct {
 
 func newSubscriber(cfg *config.Config, s config.Subscription, userAgent string, seen *dedup.Window, log *slog.Logger, m *metrics.Subscription) *subscriber {
 	sub := &subscriber{
-		name:     s.Name,
-		opts:     s,
-		exchange: cfg.Broker.Exchange,
-		work:     cfg.WorkQueue(s),
-		dead:     cfg.DeadQueue(s),
-		queues:   topology.Subscription(cfg, s),
-		tiers:    make(map[time.Duration]string),
-		shared:   topology.Shared(cfg),
-		endpoint: delivery.NewEndpoint(s, userAgent),
-		client:   delivery.NewClient(s),
-		seen:     seen,
-		log:      log.With("subscription", s.Name),
-		metrics:  m,
-		pause:    make(chan struct{}, 1),
+		name:      s.Name,
+		opts:      s,
+		exchange:  cfg.Broker.Exchange,
+		queueType: cfg.Broker.QueueType,
+		work:      cfg.WorkQueue(s),
+		dead:      cfg.DeadQueue(s),
+		queues:    topology.Subscription(cfg, s),
+		tiers:     make(map[time.Duration]string),
+		shared:    topology.Shared(cfg),
+		endpoint:  delivery.NewEndpoint(s, userAgent),
+		client:    delivery.NewClient(s),
+		seen:      seen,
+		log:       log.With("subscription", s.Name),
+		metrics:   m,
+		pause:     make(chan struct{}, 1),
 	}
 	for _, d := range s.Tiers() {
 		sub.tiers[d] = cfg.RetryQueue(d)
@@ -197,6 +200,15 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 	closed <-chan *amqp.Error, cancelled <-chan string, probe bool) error {
 	win := &window{budget: env.e.budget, max: s.opts.EffectivePrefetch()}
 	workers := s.opts.Concurrency
+	var k *keys
+	if s.ordered() {
+		// A new consumer requeues what the old one had prefetched, which
+		// an ordered subscription must not do while earlier events of the
+		// same keys are in flight: its window stays as configured.
+		win.budget = nil
+		k = &keys{s: s, env: env, ctx: env.hard, held: map[string]bool{}}
+		defer k.close()
+	}
 	if probe {
 		win.max, workers = 1, 1
 	}
@@ -252,22 +264,68 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 		s.state.Store(StateConsuming)
 	}
 
-	finished := make(chan struct{}, workers)
+	// Attempts run in goroutines, at most `workers` at once; each reports
+	// its key ("" when unordered) when it is done. In an ordered
+	// subscription the later events of a key in flight wait in waiting,
+	// in queue order, and start one at a time.
+	finished := make(chan string, workers)
 	busy := 0
-	// settle stops the consumer (cancel) or finds it stopped, requeues
-	// what was prefetched but not started, and waits for the attempts in
-	// flight.
+	waiting := map[string][]amqp.Delivery{}
+	run := func(d amqp.Delivery, key string) {
+		busy++
+		go func() {
+			if k != nil {
+				s.handleOrdered(ctx, env, k, &d, key)
+			} else {
+				s.handle(ctx, env, &d)
+			}
+			finished <- key
+		}()
+	}
+	// dispatch starts d, or queues it behind its key's event in flight.
+	dispatch := func(d amqp.Delivery) {
+		if k == nil {
+			run(d, "")
+			return
+		}
+		key, err := s.orderingKey(&d)
+		if err != nil {
+			busy++
+			go func() {
+				ev := event.FromDelivery(&d, time.Now())
+				s.parkUnsent(env, &d, &ev, time.Now(), err.Error(), nil)
+				finished <- ""
+			}()
+			return
+		}
+		if queued, inFlight := waiting[key]; inFlight {
+			waiting[key] = append(queued, d)
+			return
+		}
+		waiting[key] = nil
+		run(d, key)
+	}
+	// settle waits for the attempts in flight first: a later event of
+	// their key must not go back to the queue, where another consumer
+	// could take it, before they are settled. Then it requeues what waits
+	// and what was prefetched (cancel: stopping the consumer first).
 	settle := func(cancel bool) {
-		if cancel {
-			requeue()
-		} else {
-			for d := range deliveries {
+		for ; busy > 0; busy-- {
+			<-finished
+		}
+		for _, queued := range waiting {
+			for _, d := range queued {
 				s.metrics.Requeued.Inc()
 				nack(&d, s.log)
 			}
 		}
-		for ; busy > 0; busy-- {
-			<-finished
+		if cancel {
+			requeue()
+			return
+		}
+		for d := range deliveries {
+			s.metrics.Requeued.Inc()
+			nack(&d, s.log)
 		}
 	}
 	for {
@@ -288,17 +346,21 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 				}
 				return fmt.Errorf("the broker cancelled the consumer (queue %s deleted?)", s.work)
 			}
-			busy++
-			go func() {
-				s.handle(ctx, env, &d)
-				finished <- struct{}{}
-			}()
+			dispatch(d)
 			if err := subscribe(win.arrived(int64(len(d.Body)))); err != nil {
 				settle(false)
 				return err
 			}
-		case <-finished:
+		case key := <-finished:
 			busy--
+			if queued, ok := waiting[key]; ok && key != "" {
+				if len(queued) == 0 {
+					delete(waiting, key)
+				} else {
+					waiting[key] = queued[1:]
+					run(queued[0], key)
+				}
+			}
 			if err := subscribe(win.settled()); err != nil {
 				settle(false)
 				return err

@@ -31,7 +31,32 @@ const (
 	// is asked for, so it reaches the endpoint even if the same event was
 	// delivered a moment ago.
 	HeaderReplay = "warren-replay"
+	// HeaderKeyHead marks, in an ordered subscription, the event its key
+	// waits for: a retry copy, or the next event moved back from the key's
+	// held queue. Later events of a held key are moved aside; a head is
+	// delivered.
+	HeaderKeyHead = "warren-key-head"
 )
+
+// IsKeyHead reports whether d is the head of its held key.
+func IsKeyHead(d *amqp.Delivery) bool {
+	v, _ := d.Headers[HeaderKeyHead].(bool)
+	return v
+}
+
+// Move builds the copy that moves d, unchanged but for what the broker
+// refuses or sets itself, to another queue.
+func Move(d *amqp.Delivery, ev Event) amqp.Publishing {
+	p := Copy(d, ev, Outcome{}, time.Time{})
+	p.Headers = make(amqp.Table, len(d.Headers))
+	for k, v := range d.Headers {
+		if k == "x-death" || strings.HasPrefix(k, "x-first-death-") || strings.HasPrefix(k, "x-last-death-") || k == broker.HeaderPublishTag {
+			continue
+		}
+		p.Headers[k] = v
+	}
+	return p
+}
 
 // IsReplay reports whether d was put back by a replay.
 func IsReplay(d *amqp.Delivery) bool {

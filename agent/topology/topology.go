@@ -117,6 +117,11 @@ func Subscription(cfg *config.Config, s config.Subscription) []Queue {
 		// than 20 times unless it has somewhere to dead-letter it.
 		workArgs = deadLetter(cfg, workArgs, dead)
 	}
+	if s.Ordering.Key != "" {
+		// One warren at a time delivers an ordered subscription; another
+		// takes over when it goes.
+		workArgs["x-single-active-consumer"] = true
+	}
 	if s.MaxPriority > 0 {
 		// Config allows it on classic queues only.
 		workArgs["x-max-priority"] = int32(s.MaxPriority)

@@ -127,7 +127,16 @@ func Cleanup(t testing.TB, conn *amqp.Connection, cfg *config.Config) {
 	}
 	defer ch.Close()
 	plan := topology.For(cfg)
-	for _, q := range append(plan.Tiers, plan.Queues...) {
+	queues := append(plan.Tiers, plan.Queues...)
+	for _, s := range cfg.Subscriptions {
+		if s.Ordering.Key != "" {
+			// Held queues of ordered subscriptions are named by key hash.
+			for _, name := range queuesUnder(t, cfg.WorkQueue(s)+".held.") {
+				queues = append(queues, topology.Queue{Name: name})
+			}
+		}
+	}
+	for _, q := range queues {
 		if _, err := ch.QueueDelete(q.Name, false, false, false); err != nil {
 			t.Errorf("cleanup: delete queue %s: %v", q.Name, err)
 			return
@@ -155,6 +164,7 @@ func Apply(t testing.TB, cfg *config.Config) {
 // Request is one webhook a Receiver got.
 type Request struct {
 	At     time.Time
+	Status int // the answer
 	Path   string
 	Header http.Header
 	Body   []byte
@@ -191,6 +201,9 @@ func (rc *Receiver) serve(w http.ResponseWriter, r *http.Request) {
 	if respond != nil {
 		status = respond(n, r)
 	}
+	rc.mu.Lock()
+	rc.requests[n-1].Status = status
+	rc.mu.Unlock()
 	w.WriteHeader(status)
 	select {
 	case rc.changed <- struct{}{}:
@@ -366,4 +379,27 @@ func WaitSettled(t testing.TB, cfg *config.Config, timeout time.Duration) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// queuesUnder lists the broker's queues whose names start with prefix.
+func queuesUnder(t testing.TB, prefix string) []string {
+	out, err := exec.Command("rabbitmqctl", "-q", "list_queues", "name", "--formatter", "json").Output()
+	if err != nil {
+		t.Errorf("rabbitmqctl list_queues: %v", err)
+		return nil
+	}
+	var queues []struct {
+		Name string `json:"name"`
+	}
+	if err := json.Unmarshal(out, &queues); err != nil {
+		t.Errorf("rabbitmqctl list_queues: %v", err)
+		return nil
+	}
+	var names []string
+	for _, q := range queues {
+		if strings.HasPrefix(q.Name, prefix) {
+			names = append(names, q.Name)
+		}
+	}
+	return names
 }

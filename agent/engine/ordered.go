@@ -1,0 +1,212 @@
+package engine
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warren-hq/warren/agent/event"
+	"github.com/warren-hq/warren/agent/rules"
+)
+
+// Ordered delivery (ordering.key). The work queue of an ordered
+// subscription has a single active consumer (x-single-active-consumer), so
+// one warren at a time delivers it, whatever the number of instances, and
+// it sends the events of one key one at a time, in queue order, while
+// other keys go on concurrently.
+//
+// A key whose event must wait for a retry is held, in RabbitMQ, not in
+// memory: its event goes to the retry tier marked as the key's head, and
+// every later event of the key is moved, in order, to the key's held queue
+// P.S.held.<hash>. When the head comes back and is done with (delivered or
+// parked), the next held event is moved back to the work queue as the new
+// head, until the held queue is empty and deleted. A held key therefore
+// never fills the prefetch window, never holds a message unacked past the
+// broker's consumer_timeout, and is found again (its held queue exists) by
+// whichever warren takes over.
+
+// keyHooks bind an attempt to its key: hold runs before a retry is acked
+// (the retry copy becomes the key's head), release before an event that is
+// done with is acked (the key's next event becomes its head).
+type keyHooks struct{ hold, release func() error }
+
+// keys is an ordered subscription's view of its held keys, valid while
+// this consumer is the active one (a new session starts afresh). Its
+// broker operations share one channel, one at a time.
+type keys struct {
+	s   *subscriber
+	env *env
+	ctx context.Context
+
+	mu      sync.Mutex
+	ch      *amqp.Channel
+	release func()          // gives ch's slot back
+	held    map[string]bool // known state per key
+}
+
+// maxKnownKeys bounds the held-state cache; past it, it starts over and
+// keys are looked up on the broker again.
+const maxKnownKeys = 100_000
+
+// queue names a key's held queue: P.S.held.<first 16 hex digits of the
+// SHA-256 of the key>.
+func (k *keys) queue(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return k.s.work + ".held." + hex.EncodeToString(sum[:8])
+}
+
+func (k *keys) channel() (*amqp.Channel, error) {
+	if k.ch != nil && !k.ch.IsClosed() {
+		return k.ch, nil
+	}
+	k.drop()
+	ch, release, err := k.env.links.channel(k.ctx)
+	if err != nil {
+		return nil, err
+	}
+	k.ch, k.release = ch, release
+	return ch, nil
+}
+
+func (k *keys) drop() {
+	if k.ch != nil {
+		k.ch.Close()
+		k.release()
+		k.ch = nil
+	}
+}
+
+// isHeld reports whether key has a held queue.
+func (k *keys) isHeld(key string) (bool, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if held, known := k.held[key]; known {
+		return held, nil
+	}
+	ch, err := k.channel()
+	if err != nil {
+		return false, err
+	}
+	// A missing queue closes the channel (404); the next call reopens it.
+	_, err = ch.QueueDeclarePassive(k.queue(key), true, false, false, false, nil)
+	if err != nil && !isNotFound(err) {
+		return false, err
+	}
+	k.remember(key, err == nil)
+	return err == nil, nil
+}
+
+func (k *keys) remember(key string, held bool) {
+	if len(k.held) >= maxKnownKeys {
+		clear(k.held)
+	}
+	k.held[key] = held
+}
+
+// hold declares key's held queue.
+func (k *keys) hold(key string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	ch, err := k.channel()
+	if err != nil {
+		return err
+	}
+	_, err = ch.QueueDeclare(k.queue(key),
+		true,  // durable
+		false, // auto-delete
+		false, // exclusive
+		false, // no-wait
+		amqp.Table{"x-queue-type": k.s.queueType})
+	if err != nil {
+		return fmt.Errorf("declare held queue for a key: %w", err)
+	}
+	k.remember(key, true)
+	return nil
+}
+
+// release moves key's next held event back to the work queue as its head,
+// or deletes the held queue when it is empty. A key that is not held has
+// nothing to release.
+func (k *keys) releaseKey(key string) error {
+	if held, err := k.isHeld(key); err != nil || !held {
+		return err
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	ch, err := k.channel()
+	if err != nil {
+		return err
+	}
+	queue := k.queue(key)
+	d, ok, err := ch.Get(queue, false)
+	if err != nil {
+		if isNotFound(err) {
+			k.remember(key, false)
+			return nil
+		}
+		return fmt.Errorf("take the next event of a held key: %w", err)
+	}
+	if !ok {
+		// Nothing is added meanwhile: only this consumer moves events of
+		// the key, one at a time.
+		if _, err := ch.QueueDelete(queue, false, true, false); err != nil && !isNotFound(err) {
+			return fmt.Errorf("delete a released key's held queue: %w", err)
+		}
+		k.remember(key, false)
+		return nil
+	}
+	msg := event.Move(&d, event.FromDelivery(&d, time.Now()))
+	msg.Headers[event.HeaderKeyHead] = true
+	if err := k.env.copies.publish(k.env.hard, "", k.s.work, msg); err != nil {
+		_ = d.Nack(false, true) // back to the front of the held queue
+		return err
+	}
+	return d.Ack(false)
+}
+
+func (k *keys) close() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.drop()
+}
+
+// handleOrdered settles one event of an ordered subscription, after every
+// earlier event of its key: a later event of a held key is moved to the
+// key's held queue; the key's head, or an event of a key not held, is
+// attempted.
+func (s *subscriber) handleOrdered(ctx context.Context, env *env, k *keys, d *amqp.Delivery, key string) {
+	held, err := k.isHeld(key)
+	if err != nil {
+		ev := event.FromDelivery(d, time.Now())
+		s.requeue(d, &ev, "could not tell whether the event's key is held: "+err.Error())
+		return
+	}
+	if held && !event.IsKeyHead(d) {
+		ev := event.FromDelivery(d, time.Now())
+		s.replace(env, d, &ev, "", k.queue(key), event.Move(d, ev), "held-key", nil)
+		return
+	}
+	s.attempt(ctx, env, d, &keyHooks{
+		hold:    func() error { return k.hold(key) },
+		release: func() error { return k.releaseKey(key) },
+	})
+}
+
+// orderingKey evaluates the subscription's ordering key for d.
+func (s *subscriber) orderingKey(d *amqp.Delivery) (string, error) {
+	if s.rulesErr != nil {
+		return "", s.rulesErr
+	}
+	key, _, err := s.rules.OrderingKey(rules.NewInput(event.FromDelivery(d, time.Now()), d.Headers))
+	return key, err
+}
+
+// ordered reports whether the subscription delivers in order per key.
+func (s *subscriber) ordered() bool {
+	return s.rules != nil && s.rules.Ordered()
+}

@@ -1,0 +1,173 @@
+package engine_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warren-hq/warren/agent/event"
+	"github.com/warren-hq/warren/agent/internal/brokertest"
+	"github.com/warren-hq/warren/agent/internal/warrentest"
+	"github.com/warren-hq/warren/config"
+)
+
+// accountEvent is event seq of account, as the ordered tests publish it.
+func accountEvent(account string, seq int) amqp.Publishing {
+	return warrentest.JSON(fmt.Sprintf("evt_%s_%03d", account, seq), fmt.Sprintf(`{"account_id": %q, "seq": %d}`, account, seq))
+}
+
+// checkOrder fails the test if, for account, a request for event n+1
+// came before event n's first 2xx, or an event was never delivered.
+func checkOrder(t *testing.T, reqs []warrentest.Request, account string, n int) {
+	t.Helper()
+	delivered := -1 // highest seq whose first 2xx came, in order
+	var seqs []int
+	for _, r := range reqs {
+		var env struct {
+			Data struct {
+				Account string `json:"account_id"`
+				Seq     int    `json:"seq"`
+			}
+		}
+		if json.Unmarshal(r.Body, &env) != nil || env.Data.Account != account {
+			continue
+		}
+		seqs = append(seqs, env.Data.Seq)
+		if env.Data.Seq > delivered+1 {
+			t.Errorf("account %s: event %d sent before event %d was delivered (requests %v)", account, env.Data.Seq, delivered+1, seqs)
+			return
+		}
+		if r.Status < 300 && env.Data.Seq == delivered+1 {
+			delivered++
+		}
+	}
+	if delivered != n-1 {
+		t.Errorf("account %s: delivered up to %d, want %d (requests %v)", account, delivered, n-1, seqs)
+	}
+}
+
+func orderedSub(url string) config.Subscription {
+	s := config.Subscription{Name: "ledger", URL: url, Events: []string{"account.#"}}
+	s.Ordering.Key = "data.account_id"
+	s.Retry.Delays = []time.Duration{100 * time.Millisecond, 300 * time.Millisecond, time.Second}
+	return s
+}
+
+// TestOrderPerKeyThroughRetries publishes interleaved events of four
+// accounts; the endpoint fails the first attempt of every third event.
+// Each account's events arrive in order, retries included.
+func TestOrderPerKeyThroughRetries(t *testing.T) {
+	var mu sync.Mutex
+	tries := map[string]int{}
+	rc := warrentest.NewReceiver(t, func(_ int, r *http.Request) int {
+		id := r.Header.Get("Webhook-Id")
+		mu.Lock()
+		tries[id]++
+		first := tries[id] == 1
+		mu.Unlock()
+		var seq int
+		fmt.Sscanf(id[len(id)-3:], "%d", &seq)
+		return map[bool]int{true: http.StatusServiceUnavailable, false: http.StatusOK}[first && seq%3 == 1]
+	})
+	cfg := warrentest.Config(t, orderedSub(rc.URL))
+	start(t, cfg)
+	warrentest.Apply(t, cfg)
+	const n = 15
+	accounts := []string{"a", "b", "c", "d"}
+	var msgs []amqp.Publishing
+	for seq := range n {
+		for _, a := range accounts {
+			msgs = append(msgs, accountEvent(a, seq))
+		}
+	}
+	warrentest.Publish(t, cfg, "account.updated", msgs...)
+	warrentest.WaitSettled(t, cfg, 60*time.Second)
+	for _, a := range accounts {
+		checkOrder(t, rc.Requests(), a, n)
+	}
+	if d := warrentest.Depth(t, cfg.DeadQueue(cfg.Subscriptions[0])); d != 0 {
+		t.Errorf("%d events parked, want none", d)
+	}
+}
+
+// TestFailingKeyHoldsOnlyItself: every event of one account fails until
+// parked; the other accounts are delivered meanwhile, at full pace, and
+// the failing account's events are parked in order.
+func TestFailingKeyHoldsOnlyItself(t *testing.T) {
+	rc := warrentest.NewReceiver(t, func(_ int, r *http.Request) int {
+		if r.Header.Get("X-Account") == "bad" {
+			return http.StatusServiceUnavailable
+		}
+		return http.StatusOK
+	})
+	sub := orderedSub(rc.URL)
+	sub.ForwardHeaders = []string{"X-Account"}
+	cfg := warrentest.Config(t, sub)
+	start(t, cfg)
+	warrentest.Apply(t, cfg)
+	const n = 10
+	var msgs []amqp.Publishing
+	for seq := range n {
+		for _, a := range []string{"bad", "good1", "good2"} {
+			m := accountEvent(a, seq)
+			m.Headers = amqp.Table{"X-Account": a}
+			msgs = append(msgs, m)
+		}
+	}
+	warrentest.Publish(t, cfg, "account.updated", msgs...)
+	// Every bad event takes 1.4 s of retries: the good ones must not wait.
+	rc.WaitFor(t, 5*time.Second, "the good accounts", func(reqs []warrentest.Request) bool {
+		good := 0
+		for _, r := range reqs {
+			if r.Header.Get("X-Account") != "bad" {
+				good++
+			}
+		}
+		return good == 2*n
+	})
+	checkOrder(t, rc.Requests(), "good1", n)
+	checkOrder(t, rc.Requests(), "good2", n)
+
+	dead := cfg.DeadQueue(cfg.Subscriptions[0])
+	warrentest.WaitDepth(t, dead, n, 60*time.Second)
+	conn := brokertest.Dial(t)
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seq := range n {
+		d, ok, err := ch.Get(dead, true)
+		if err != nil || !ok {
+			t.Fatalf("get parked %d: %v", seq, err)
+		}
+		if want := fmt.Sprintf("evt_bad_%03d", seq); d.MessageId != want {
+			t.Errorf("parked #%d is %s, want %s: a key's events are parked in order", seq, d.MessageId, want)
+		}
+		if p := event.ReadParked(&d); p.Attempts != 4 {
+			t.Errorf("parked %s after %d attempts, want 4", d.MessageId, p.Attempts)
+		}
+	}
+	warrentest.WaitSettled(t, cfg, 10*time.Second)
+}
+
+// TestOrderingKeyFailureParks: an event without the key's field is parked
+// with the expression's error; the others are delivered.
+func TestOrderingKeyFailureParks(t *testing.T) {
+	rc := warrentest.NewReceiver(t, nil)
+	cfg := warrentest.Config(t, orderedSub(rc.URL))
+	start(t, cfg)
+	warrentest.Apply(t, cfg)
+	warrentest.Publish(t, cfg, "account.updated", warrentest.JSON("evt_nokey", `{"other": 1}`), accountEvent("a", 0))
+	rc.WaitFor(t, 10*time.Second, "the keyed event", func(r []warrentest.Request) bool { return len(r) == 1 })
+	dead := cfg.DeadQueue(cfg.Subscriptions[0])
+	warrentest.WaitDepth(t, dead, 1, 10*time.Second)
+	p := event.ReadParked(ptr(warrentest.Get(t, dead)))
+	if p.ID != "evt_nokey" || p.LastError != "ordering.key: no such key: account_id" {
+		t.Errorf("parked %s with %q, want evt_nokey with the key's error", p.ID, p.LastError)
+	}
+}
