@@ -204,10 +204,11 @@ func DelayName(d time.Duration) string {
 
 // RedactedURL is the broker URL with its password hidden, for logs.
 func (b Broker) RedactedURL() string {
-	return redactURL(b.URL)
+	return RedactURL(b.URL)
 }
 
-func redactURL(raw string) string {
+// RedactURL is raw with its password hidden, for logs and errors.
+func RedactURL(raw string) string {
 	u, err := parseURL(raw)
 	if err != nil {
 		return "<invalid url>"
@@ -217,5 +218,5 @@ func redactURL(raw string) string {
 
 // String keeps secrets out of %v.
 func (s Subscription) String() string {
-	return fmt.Sprintf("subscription %q -> %s", s.Name, redactURL(s.URL))
+	return fmt.Sprintf("subscription %q -> %s", s.Name, RedactURL(s.URL))
 }

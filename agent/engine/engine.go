@@ -218,12 +218,12 @@ type session struct {
 
 func (e *Engine) session(ctx, hard context.Context, onUp func()) error {
 	cfg, subs := e.current()
-	consumeConn, err := broker.Dial(cfg.Broker, "consume")
+	consumeConn, err := broker.Dial(ctx, cfg.Broker, "consume")
 	if err != nil {
 		return err
 	}
 	defer closeConn(consumeConn)
-	publishConn, err := broker.Dial(cfg.Broker, "publish")
+	publishConn, err := broker.Dial(ctx, cfg.Broker, "publish")
 	if err != nil {
 		return err
 	}
