@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,13 +31,97 @@ var (
 
 // Dial opens a connection named "warren <role> <host>" so operators can
 // tell warren's connections apart in rabbitmqctl list_connections.
-// Cancelling ctx ends a dial in progress at once.
+//
+// With several broker nodes (broker.urls) it tries them in order, starting
+// after the node that failed last, each within the dial deadline, and
+// returns the first connection that opens: a lost node costs one refused
+// or timed-out connect, not a wait for it to come back. A connection that
+// later closes with an error counts as a failure of its node. Cancelling
+// ctx ends a dial in progress at once.
 func Dial(ctx context.Context, b config.Broker, role string) (*amqp.Connection, error) {
-	conn, err := dialNode(ctx, b, b.URL, role)
-	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", config.RedactURL(b.URL), err)
+	nodes := b.Nodes()
+	r := ringOf(nodes)
+	start := r.first()
+	var errs nodeErrors
+	for i := range nodes {
+		n := (start + i) % len(nodes)
+		conn, err := dialNode(ctx, b, nodes[n], role)
+		if err == nil {
+			r.watch(conn, n)
+			return conn, nil
+		}
+		err = fmt.Errorf("connect to %s: %w", config.RedactURL(nodes[n]), err)
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		r.failed(n)
+		errs = append(errs, err)
 	}
-	return conn, nil
+	if len(errs) == 1 {
+		return nil, errs[0]
+	}
+	return nil, errs
+}
+
+// nodeErrors are the failed dials of every node, on one line for the log.
+type nodeErrors []error
+
+func (e nodeErrors) Error() string {
+	msgs := make([]string, len(e))
+	for i, err := range e {
+		msgs[i] = err.Error()
+	}
+	return "no broker node answered: " + strings.Join(msgs, "; ")
+}
+
+func (e nodeErrors) Unwrap() []error { return e }
+
+// rings holds, per list of nodes, where the next dial starts. Connections
+// of one process to one cluster share it, so the consuming and publishing
+// connections move off a lost node together.
+var rings sync.Map // strings.Join(nodes, "\n") -> *ring
+
+func ringOf(nodes []string) *ring {
+	key := strings.Join(nodes, "\n")
+	if r, ok := rings.Load(key); ok {
+		return r.(*ring)
+	}
+	r, _ := rings.LoadOrStore(key, &ring{size: len(nodes)})
+	return r.(*ring)
+}
+
+// ring is the failover order over a cluster's nodes.
+type ring struct {
+	size int
+	mu   sync.Mutex
+	next int // the node after the one that failed last
+}
+
+func (r *ring) first() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.next
+}
+
+func (r *ring) failed(n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.next = (n + 1) % r.size
+}
+
+// watch marks node n failed if conn closes with an error (the node died or
+// cut it off), so the redial that follows starts elsewhere. A connection
+// warren closes itself closes without one.
+func (r *ring) watch(conn *amqp.Connection, n int) {
+	if r.size == 1 {
+		return
+	}
+	closed := conn.NotifyClose(make(chan *amqp.Error, 1))
+	go func() {
+		if err := <-closed; err != nil {
+			r.failed(n)
+		}
+	}()
 }
 
 // dialNode dials one broker address within handshakeTimeout.
@@ -51,6 +136,7 @@ func dialNode(ctx context.Context, b config.Broker, url, role string) (*amqp.Con
 
 	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
+	deadline, _ := ctx.Deadline()
 	var sock socket
 	cfg := amqp.Config{
 		Properties: props,
@@ -67,7 +153,6 @@ func dialNode(ctx context.Context, b config.Broker, url, role string) (*amqp.Con
 			}
 			// The deadline covers TLS and the AMQP handshake; amqp091
 			// clears it once the connection is open, as DefaultDial does.
-			deadline, _ := ctx.Deadline()
 			if err := c.SetDeadline(deadline); err != nil {
 				c.Close()
 				return nil, err
@@ -88,7 +173,15 @@ func dialNode(ctx context.Context, b config.Broker, url, role string) (*amqp.Con
 		}
 		return nil, dialCtxErr(ctx)
 	}
+	if err != nil && !time.Now().Before(deadline) {
+		// The socket's deadline, which amqp091 reports as a bare i/o error.
+		return nil, errNoAnswer()
+	}
 	return conn, err
+}
+
+func errNoAnswer() error {
+	return fmt.Errorf("no answer within %s", handshakeTimeout)
 }
 
 // socket lets a cancelled dial close the connection it opened, whichever
@@ -124,7 +217,7 @@ func (s *socket) cut() {
 // dialCtxErr says why a dial was cut short.
 func dialCtxErr(ctx context.Context) error {
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return fmt.Errorf("no answer within %s", handshakeTimeout)
+		return errNoAnswer()
 	}
 	return ctx.Err()
 }
