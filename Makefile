@@ -4,7 +4,7 @@ COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -s -w -X github.com/warren-hq/warren/agent/buildinfo.Version=$(VERSION) \
            -X github.com/warren-hq/warren/agent/buildinfo.Commit=$(COMMIT)
 
-.PHONY: build test demo bench clean
+.PHONY: build test demo bench cluster-test clean
 
 build:
 	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o bin/warren .
@@ -17,6 +17,11 @@ demo: build
 
 bench: build
 	go test -run '^$$' -bench . -benchtime 1x -timeout 30m ./agent/bench/
+
+# Three RabbitMQ nodes on 127.0.0.1:5681-5683 (the default node is left
+# alone), two warren processes, kill -9 of nodes and of a warren mid-stream.
+cluster-test: build
+	bash .ci/cluster-test.sh
 
 clean:
 	rm -rf bin
