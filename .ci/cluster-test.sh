@@ -75,7 +75,7 @@ kill_owned() {
   [ -s "$file" ] || return 0
   pid=$(tr -dc 0-9 <"$file")
   [ -n "$pid" ] || return 0
-  if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qxF -- "$mark"; then
+  if tr '\0' '\n' 2>/dev/null <"/proc/$pid/environ" | grep -qxF -- "$mark"; then
     kill -9 "$pid" 2>/dev/null || true
   fi
 }

@@ -37,6 +37,8 @@ const (
 
 var subscriptions = []string{"plain", "flaky", "parks"}
 
+const deadQueue = prefix + ".parks.dead"
+
 func TestCluster(t *testing.T) {
 	c := clusterFromEnv(t)
 	rcv := newReceiver(t)
@@ -61,8 +63,9 @@ func TestCluster(t *testing.T) {
 
 	time.Sleep(8 * time.Second)
 	a, leaders := c.mostLeaders(t)
+	queues := c.queueCount(t)
 	c.kill(t, a)
-	mark("kill -9 %s, leader of %d of %d queues", c.name(a), leaders, c.queueCount(t))
+	mark("kill -9 %s, leader of %d of %d queues", c.name(a), leaders, queues)
 
 	time.Sleep(8 * time.Second)
 	c.startNode(t, a)
@@ -84,10 +87,11 @@ func TestCluster(t *testing.T) {
 	stopped := time.Now()
 
 	want := expected(published)
-	if !rcv.await(want, 2*time.Minute) {
-		mark("gave up waiting for deliveries")
+	if c.awaitSettled(t, rcv, want, 2*time.Minute) {
+		mark("every event delivered or parked")
 	} else {
-		mark("every event delivered")
+		mark("gave up waiting: %d deliveries missing, %d of %d parked", len(rcv.missing(want)), c.depth(t, deadQueue), len(want.parked))
+		c.probe(t, deadQueue)
 	}
 	w1.stop(t)
 	mark("warren-1 stopped (SIGTERM)")
@@ -96,6 +100,9 @@ func TestCluster(t *testing.T) {
 	report := rcv.report(start, stopped)
 	t.Logf("timeline:\n  %s", strings.Join(marks, "\n  "))
 	t.Logf("deliveries:\n%s", report)
+	for _, w := range []*warren{w1, w2} {
+		t.Logf("warren-%d broker link:\n%s", w.n, w.linkLog(t, start))
+	}
 
 	for _, miss := range rcv.missing(want) {
 		t.Errorf("never delivered: %s", miss)
@@ -241,7 +248,7 @@ func (c *cluster) awaitMembersOnline(t *testing.T) {
 	}
 }
 
-var amqpPeer = regexp.MustCompile(`\s127\.0\.0\.1:(\d+)\s`)
+var amqpPeer = regexp.MustCompile(`127\.0\.0\.1:(\d+)\b`)
 
 // nodeOf is the node warren process w holds a connection to, read from the
 // kernel's socket table.
@@ -268,10 +275,62 @@ func (c *cluster) nodeOf(t *testing.T, w *warren) int {
 	return 0
 }
 
+// awaitSettled waits until every event was delivered and the parking lot
+// holds at least the parked ones.
+func (c *cluster) awaitSettled(t *testing.T, r *receiver, w want, limit time.Duration) bool {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for len(r.missing(w)) > 0 || c.depth(t, deadQueue) < len(w.parked) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Second)
+	}
+	return true
+}
+
+func (c *cluster) depth(t *testing.T, queue string) int {
+	t.Helper()
+	for _, q := range c.queues(t) {
+		if q.Name == queue {
+			return q.Messages
+		}
+	}
+	return 0
+}
+
+// probe publishes one message to queue on a fresh channel and logs whether
+// the broker confirmed it: it tells a queue that takes no messages from a
+// channel that is stuck.
+func (c *cluster) probe(t *testing.T, queue string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := broker.Dial(ctx, config.Broker{URLs: c.urls}, "cluster-test-probe")
+	if err != nil {
+		t.Logf("probe: %v", err)
+		return
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Logf("probe: %v", err)
+		return
+	}
+	pub, err := broker.NewPublisher(ch)
+	if err != nil {
+		t.Logf("probe: %v", err)
+		return
+	}
+	defer pub.Close()
+	err = pub.Publish(ctx, "", queue, amqp.Publishing{MessageId: "probe"})
+	t.Logf("probe: a fresh channel on %s publishing to %s: err=%v", conn.RemoteAddr(), queue, err)
+}
+
 // checkQueues: nothing left in any of warren's queues but the parked events.
 func (c *cluster) checkQueues(t *testing.T, parked map[int]bool) {
 	t.Helper()
-	dead := prefix + ".parks.dead"
+	dead := deadQueue
 	for _, q := range c.queues(t) {
 		if q.Name != dead && q.Messages != 0 {
 			t.Errorf("%s holds %d messages, want 0", q.Name, q.Messages)
@@ -328,6 +387,7 @@ func drain(t *testing.T, urls []string, queue string) []string {
 // warren is one warren process run from the built binary.
 type warren struct {
 	n     int
+	log   string
 	cmd   *exec.Cmd
 	ready string
 	done  chan struct{}
@@ -364,7 +424,8 @@ subscriptions:
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logFile, err := os.Create(filepath.Join(c.dir, fmt.Sprintf("warren-%d.log", n)))
+	logPath := filepath.Join(c.dir, fmt.Sprintf("warren-%d.log", n))
+	logFile, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -378,7 +439,7 @@ subscriptions:
 	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	w := &warren{n: n, cmd: cmd, ready: "http://" + listen + "/readyz", done: make(chan struct{})}
+	w := &warren{n: n, log: logPath, cmd: cmd, ready: "http://" + listen + "/readyz", done: make(chan struct{})}
 	go func() {
 		defer close(w.done)
 		_ = cmd.Wait() // exit status is looked at by stop
@@ -393,6 +454,28 @@ subscriptions:
 		}
 	})
 	return w
+}
+
+// linkLog lists the broker connection losses and recoveries warren logged.
+func (w *warren) linkLog(t *testing.T, start time.Time) string {
+	t.Helper()
+	data, err := os.ReadFile(w.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for line := range strings.SplitSeq(string(data), "\n") {
+		var entry struct {
+			Time time.Time `json:"time"`
+			Msg  string    `json:"msg"`
+			Err  string    `json:"err"`
+		}
+		if json.Unmarshal([]byte(line), &entry) != nil || !strings.Contains(entry.Msg, "broker") {
+			continue
+		}
+		fmt.Fprintf(&b, "  %5.2fs  %s %s\n", entry.Time.Sub(start).Seconds(), entry.Msg, entry.Err)
+	}
+	return b.String()
 }
 
 func (w *warren) awaitReady(t *testing.T) {
@@ -681,17 +764,6 @@ func (r *receiver) missing(w want) []string {
 	return miss
 }
 
-func (r *receiver) await(w want, limit time.Duration) bool {
-	deadline := time.Now().Add(limit)
-	for len(r.missing(w)) > 0 {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	return true
-}
-
 // report counts duplicates and finds the longest gap between successful
 // deliveries of each subscription while events were being published.
 func (r *receiver) report(start, stopped time.Time) string {
@@ -704,6 +776,14 @@ func (r *receiver) report(start, stopped time.Time) string {
 			events++
 			dups += count - 1
 		}
+		answers := map[int]int{}
+		most := 0
+		for _, a := range r.log {
+			if a.sub == s {
+				answers[a.n]++
+				most = max(most, answers[a.n])
+			}
+		}
 		var last, gapAt time.Time
 		var gap time.Duration
 		for _, a := range r.log {
@@ -715,8 +795,8 @@ func (r *receiver) report(start, stopped time.Time) string {
 			}
 			last = a.at
 		}
-		fmt.Fprintf(&b, "  %-6s %5d events delivered, %3d duplicates, longest gap %5.2fs from %5.1fs\n",
-			s, events, dups, gap.Seconds(), gapAt.Sub(start).Seconds())
+		fmt.Fprintf(&b, "  %-6s %5d events delivered, %3d duplicates, longest gap %5.2fs from %5.1fs, at most %d requests for one event\n",
+			s, events, dups, gap.Seconds(), gapAt.Sub(start).Seconds(), most)
 	}
 	return b.String()
 }
