@@ -144,9 +144,10 @@ echo "starting $(for n in $(seq 1 $NODES); do printf '%s ' "$(node_name "$n")"; 
 for n in $(seq 1 $NODES); do launch_node "$n"; done
 for n in $(seq 1 $NODES); do await_node "$n"; done
 for n in $(seq 2 $NODES); do
-  ctl "$n" stop_app
-  ctl "$n" join_cluster "$(node_name 1)"
-  ctl "$n" start_app
+  if ! { ctl "$n" stop_app && ctl "$n" join_cluster "$(node_name 1)" && ctl "$n" start_app; } >"$DIR/join.log" 2>&1; then
+    cat "$DIR/join.log" >&2
+    exit 1
+  fi
 done
 echo "cluster up in $(($(date +%s) - started))s"
 
