@@ -5,7 +5,7 @@ IMAGE   ?= warren:latest
 LDFLAGS := -s -w -X github.com/warren-hq/warren/agent/buildinfo.Version=$(VERSION) \
            -X github.com/warren-hq/warren/agent/buildinfo.Commit=$(COMMIT)
 
-.PHONY: build test demo bench bench-scale image image-test clean
+.PHONY: build test demo bench bench-scale cluster-test image image-test clean
 
 build:
 	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o bin/warren .
@@ -33,6 +33,11 @@ image: build
 # /readyz, one delivery, podman stop.
 image-test: build
 	bash .ci/image-test.sh
+
+# Three RabbitMQ nodes on 127.0.0.1:5681-5683 (the default node is left
+# alone), two warren processes, kill -9 of nodes and of a warren mid-stream.
+cluster-test: build
+	bash .ci/cluster-test.sh
 
 clean:
 	rm -rf bin

@@ -27,12 +27,15 @@ type Config struct {
 
 // Broker says where RabbitMQ is and how warren's objects are named there.
 type Broker struct {
-	URL             string `yaml:"url"`
-	Exchange        string `yaml:"exchange"`
-	DeclareExchange bool   `yaml:"declare_exchange"`
-	QueuePrefix     string `yaml:"queue_prefix"`
-	QueueType       string `yaml:"queue_type"` // classic | quorum
-	TLS             TLS    `yaml:"tls"`
+	// URL is a single broker node. URLs names the nodes of a cluster
+	// instead; set one of the two (Nodes reads either).
+	URL             string   `yaml:"url"`
+	URLs            []string `yaml:"urls"`
+	Exchange        string   `yaml:"exchange"`
+	DeclareExchange bool     `yaml:"declare_exchange"`
+	QueuePrefix     string   `yaml:"queue_prefix"`
+	QueueType       string   `yaml:"queue_type"` // classic | quorum
+	TLS             TLS      `yaml:"tls"`
 	// OperatorEvents publishes warren.delivery.parked and
 	// warren.subscription.* events to Exchange.
 	OperatorEvents bool `yaml:"operator_events"`
@@ -299,12 +302,28 @@ func DelayName(d time.Duration) string {
 	return s
 }
 
-// RedactedURL is the broker URL with its password hidden, for logs.
-func (b Broker) RedactedURL() string {
-	return redactURL(b.URL)
+// Nodes lists the broker URLs to connect to, in the order they are tried:
+// broker.urls, or broker.url alone.
+func (b Broker) Nodes() []string {
+	if len(b.URLs) > 0 {
+		return b.URLs
+	}
+	return []string{b.URL}
 }
 
-func redactURL(raw string) string {
+// RedactedURL is the broker URL, or the comma-separated cluster URLs, with
+// passwords hidden, for logs.
+func (b Broker) RedactedURL() string {
+	nodes := b.Nodes()
+	redacted := make([]string, len(nodes))
+	for i, u := range nodes {
+		redacted[i] = RedactURL(u)
+	}
+	return strings.Join(redacted, ", ")
+}
+
+// RedactURL is raw with its password hidden, for logs and errors.
+func RedactURL(raw string) string {
 	u, err := parseURL(raw)
 	if err != nil {
 		return "<invalid url>"
@@ -314,5 +333,5 @@ func redactURL(raw string) string {
 
 // String keeps secrets out of %v.
 func (s Subscription) String() string {
-	return fmt.Sprintf("subscription %q -> %s", s.Name, redactURL(s.URL))
+	return fmt.Sprintf("subscription %q -> %s", s.Name, RedactURL(s.URL))
 }

@@ -17,7 +17,11 @@ import (
 // "warren validate --verbose".
 func (c *Config) Effective() []byte {
 	view := *c
-	view.Broker.URL = c.Broker.RedactedURL()
+	view.Broker.URL = RedactURL(c.Broker.URL)
+	view.Broker.URLs = make([]string, len(c.Broker.URLs))
+	for i, u := range c.Broker.URLs {
+		view.Broker.URLs[i] = RedactURL(u)
+	}
 	view.Subscriptions = make([]Subscription, len(c.Subscriptions))
 	for i, s := range c.Subscriptions {
 		headers := make(map[string]string, len(s.Headers))
@@ -30,14 +34,33 @@ func (c *Config) Effective() []byte {
 		s.URL, s.Headers = maskURL(s.URL), headers
 		view.Subscriptions[i] = s
 	}
+	root := encode(reflect.ValueOf(view))
+	// Show the broker key the file uses: url, or urls one node per line.
+	broker := root.Content[1]
+	if len(c.Broker.URLs) > 0 {
+		dropKey(broker, "url")
+		broker.Content[1].Style = 0
+	} else {
+		dropKey(broker, "urls")
+	}
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)
 	enc.SetIndent(2)
-	if err := enc.Encode(encode(reflect.ValueOf(view))); err != nil {
+	if err := enc.Encode(root); err != nil {
 		// The tree is built here from plain scalars; failing is a bug.
 		panic("config: render effective config: " + err.Error())
 	}
 	return buf.Bytes()
+}
+
+// dropKey removes key and its value from mapping n.
+func dropKey(n *yaml.Node, key string) {
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == key {
+			n.Content = slices.Delete(n.Content, i, i+2)
+			return
+		}
+	}
 }
 
 // encode builds the YAML tree of v with the same keys the decoder reads.

@@ -40,6 +40,9 @@ func Parse(file string, data []byte, lookupEnv func(string) (string, bool)) (*Co
 	c := Default()
 	d.decode(root, reflect.ValueOf(&c).Elem(), "")
 	c.Path, c.pos = file, d.pos
+	if c.set("broker.urls") && !c.set("broker.url") {
+		c.Broker.URL = "" // the default single node gives way to the list
+	}
 	c.inheritDefaults()
 
 	problems := d.problems

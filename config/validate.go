@@ -73,16 +73,26 @@ func (v *checker) required(path, want string) {
 
 func (v *checker) broker() {
 	b := v.c.Broker
-	u, err := parseURL(b.URL)
+	_, written := v.c.pos["broker.urls"]
+	list := len(b.URLs) > 0 || written
 	switch {
-	case b.URL == "":
-		v.required("broker.url", "an amqp:// or amqps:// URL")
-	case err != nil:
-		v.add("broker.url", "invalid URL: %s (got %q, want amqp://user:password@host:port/vhost)", err, maskURL(b.URL))
-	case u.Scheme != "amqp" && u.Scheme != "amqps":
-		v.add("broker.url", "unsupported scheme (got %q, want amqp:// or amqps://)", maskURL(b.URL))
-	case strings.ContainsAny(b.URL, " \t"):
-		v.add("broker.url", "contains whitespace (got %q, want it percent-encoded as %%20)", maskURL(b.URL))
+	case list && b.URL != "":
+		v.add("broker.urls", "set together with broker.url (want one of them: url for a single node, urls for the nodes of a cluster)")
+	case !list:
+		v.brokerURL("broker.url", b.URL)
+	}
+	if list && len(b.URLs) == 0 {
+		v.required("broker.urls", "a list of amqp:// or amqps:// URLs, one per cluster node")
+	}
+	first := make(map[string]int, len(b.URLs))
+	for i, u := range b.URLs {
+		path := fmt.Sprintf("broker.urls[%d]", i)
+		if j, dup := first[u]; dup {
+			v.add(path, "duplicate URL (got %q, first at %s)", maskURL(u), v.c.firstAt(fmt.Sprintf("broker.urls[%d]", j)))
+			continue
+		}
+		first[u] = i
+		v.brokerURL(path, u)
 	}
 
 	v.objectName("broker.exchange", b.Exchange, "an exchange name such as events", "-_.:")
@@ -114,6 +124,21 @@ func (v *checker) journal(j Journal) {
 	}
 	if j.MaxBytes <= 0 {
 		v.add("broker.journal.max_bytes", "must be positive (got %q, want a size such as 10GB)", j.MaxBytes)
+	}
+}
+
+// brokerURL checks the address of one broker node.
+func (v *checker) brokerURL(path, raw string) {
+	u, err := parseURL(raw)
+	switch {
+	case raw == "":
+		v.required(path, "an amqp:// or amqps:// URL")
+	case err != nil:
+		v.add(path, "invalid URL: %s (got %q, want amqp://user:password@host:port/vhost)", err, maskURL(raw))
+	case u.Scheme != "amqp" && u.Scheme != "amqps":
+		v.add(path, "unsupported scheme (got %q, want amqp:// or amqps://)", maskURL(raw))
+	case strings.ContainsAny(raw, " \t"):
+		v.add(path, "contains whitespace (got %q, want it percent-encoded as %%20)", maskURL(raw))
 	}
 }
 

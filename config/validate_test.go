@@ -186,3 +186,27 @@ func TestMaskURL(t *testing.T) {
 		}
 	}
 }
+
+func TestBrokerNodes(t *testing.T) {
+	single := mustParse(t, "subscriptions: [{name: a, url: 'https://a.example.com/', events: [a]}]\n")
+	if got := single.Broker.Nodes(); !slices.Equal(got, []string{"amqp://guest:guest@localhost:5672/"}) {
+		t.Errorf("default Nodes() = %q, want the default url", got)
+	}
+	cluster := mustParse(t, `broker:
+  urls: ['amqp://u:p1@r1/', 'amqp://u:p2@r2/']
+subscriptions: [{name: a, url: 'https://a.example.com/', events: [a]}]
+`)
+	if got := cluster.Broker.Nodes(); !slices.Equal(got, []string{"amqp://u:p1@r1/", "amqp://u:p2@r2/"}) {
+		t.Errorf("Nodes() = %q, want the urls in order", got)
+	}
+	if got, want := cluster.Broker.RedactedURL(), "amqp://u:xxxxx@r1/, amqp://u:xxxxx@r2/"; got != want {
+		t.Errorf("RedactedURL() = %q, want %q", got, want)
+	}
+
+	// In code, setting URLs means clearing the default URL.
+	c := Default()
+	c.Broker.URLs = []string{"amqp://r1/", "amqp://r2/"}
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "broker.urls: set together with broker.url") {
+		t.Errorf("Validate() = %v, want the url/urls conflict", err)
+	}
+}

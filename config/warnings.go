@@ -23,8 +23,15 @@ func (c *Config) Warnings() []string {
 	warn := func(path, format string, args ...any) {
 		warnings = append(warnings, path+": "+fmt.Sprintf(format, args...))
 	}
-	if u, err := parseURL(c.Broker.URL); err == nil && u.Scheme == "amqp" && c.Broker.TLS != (TLS{}) {
-		warn("broker.tls", "set, but broker.url uses amqp://, so TLS is not used (want amqps:// to use it)")
+	for i, node := range c.Broker.Nodes() {
+		if u, err := parseURL(node); err == nil && u.Scheme == "amqp" && c.Broker.TLS != (TLS{}) {
+			at := "broker.url"
+			if len(c.Broker.URLs) > 0 {
+				at = fmt.Sprintf("broker.urls[%d]", i)
+			}
+			warn("broker.tls", "set, but %s uses amqp://, so TLS is not used there (want amqps:// to use it)", at)
+			break
+		}
 	}
 	if msg := unackedWait(c.Defaults); msg != "" {
 		warn("defaults", "%s", msg)

@@ -14,6 +14,10 @@ import (
 // first. The caller must keep (requeue or hold) the original.
 var ErrNotConfirmed = errors.New("publish not confirmed by the broker")
 
+// ErrNacked is the ErrNotConfirmed of a message the broker refused (an
+// internal error, a queue at its limit with reject-publish).
+var ErrNacked = fmt.Errorf("%w: nacked", ErrNotConfirmed)
+
 // ErrUnroutable is the ErrNotConfirmed of a message no queue was bound for.
 var ErrUnroutable = fmt.Errorf("%w: unroutable, no queue is bound for its key", ErrNotConfirmed)
 
@@ -118,7 +122,7 @@ func (p *Publisher) settle(c amqp.Confirmation) {
 	}
 	switch {
 	case !c.Ack:
-		pp.result <- fmt.Errorf("%w: nacked", ErrNotConfirmed)
+		pp.result <- ErrNacked
 	case pp.returned:
 		pp.result <- ErrUnroutable
 	default:

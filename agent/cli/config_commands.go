@@ -61,7 +61,7 @@ func (a *app) topologyCommand() *cobra.Command {
 			if !apply {
 				return nil
 			}
-			conn, err := broker.Dial(cfg.Broker, "topology")
+			conn, err := broker.Dial(cmd.Context(), cfg.Broker, "topology")
 			if err != nil {
 				return err
 			}

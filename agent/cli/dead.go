@@ -39,7 +39,7 @@ func (a *app) deadCommand() *cobra.Command {
 				if !ok {
 					return usagef("no subscription %q in %s", args[0], cfg.Path)
 				}
-				conn, err := broker.Dial(cfg.Broker, "dead-cli")
+				conn, err := broker.Dial(cmd.Context(), cfg.Broker, "dead-cli")
 				if err != nil {
 					return err
 				}

@@ -83,7 +83,7 @@ func (a *app) eventsCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			conn, err := broker.Dial(cfg.Broker, "events-cli")
+			conn, err := broker.Dial(cmd.Context(), cfg.Broker, "events-cli")
 			if err != nil {
 				return err
 			}
@@ -153,7 +153,7 @@ func (a *app) replayCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			conn, err := broker.Dial(cfg.Broker, "replay-cli")
+			conn, err := broker.Dial(cmd.Context(), cfg.Broker, "replay-cli")
 			if err != nil {
 				return err
 			}
@@ -221,7 +221,7 @@ func (a *app) attemptsCommand() *cobra.Command {
 				}
 				sub = args[0]
 			}
-			conn, err := broker.Dial(cfg.Broker, "attempts-cli")
+			conn, err := broker.Dial(cmd.Context(), cfg.Broker, "attempts-cli")
 			if err != nil {
 				return err
 			}

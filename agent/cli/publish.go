@@ -54,7 +54,7 @@ func (a *app) publishCommand() *cobra.Command {
 			if id == "" {
 				id = newEventID()
 			}
-			conn, err := broker.Dial(cfg.Broker, "publish-cli")
+			conn, err := broker.Dial(cmd.Context(), cfg.Broker, "publish-cli")
 			if err != nil {
 				return err
 			}

@@ -1,6 +1,7 @@
 package cli_test
 
 import (
+	"net"
 	"regexp"
 	"strconv"
 	"strings"
@@ -115,4 +116,31 @@ func TestPublish(t *testing.T) {
 			t.Errorf("work queue holds %d messages, want 0", n)
 		}
 	})
+}
+
+// TestCommandsUseBrokerURLs: topology, publish and dead reach the broker
+// through broker.urls when its first node is down.
+func TestCommandsUseBrokerURLs(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := "amqp://guest:guest@" + ln.Addr().String() + "/"
+	ln.Close() // refused from now on
+	text := strings.Replace(publishConfig, "  url: {{.URL}}\n", "  urls: ['"+down+"', '{{.URL}}']\n", 1)
+	path, cfg := configFile(t, text)
+	if len(cfg.Broker.URLs) != 2 {
+		t.Fatalf("broker.urls = %q, want two nodes", cfg.Broker.URLs)
+	}
+
+	for _, args := range [][]string{
+		{"topology", "-c", path, "--apply"},
+		{"publish", "-c", path, "order.created"},
+		{"dead", "list", "-c", path, "orders"},
+	} {
+		r := execute(t, strings.NewReader(""), args...)
+		r.wantCode(t, 0)
+	}
+	warrentest.WaitDepth(t, cfg.WorkQueue(cfg.Subscriptions[0]), 1, 10*time.Second)
 }

@@ -279,7 +279,7 @@ func (r *runner) env() *env {
 func (e *Engine) runRecorder(ctx context.Context, b config.Broker, rec *journal.Recorder) {
 	wait := e.MinBackoff
 	for ctx.Err() == nil {
-		conn, err := broker.Dial(b, "attempts")
+		conn, err := broker.Dial(ctx, b, "attempts")
 		if err == nil {
 			err = rec.Run(ctx, conn)
 			closeConn(conn)

@@ -161,9 +161,9 @@ func (l *links) dialConsume(ctx context.Context) error {
 	}
 	switch {
 	case !l.everUp:
-		l.log.Info("connected to broker", "url", l.broker.RedactedURL())
+		l.log.Info("connected to broker", "url", l.broker.RedactedURL(), "node", conn.RemoteAddr().String())
 	case l.down:
-		l.log.Info("broker connection restored")
+		l.log.Info("broker connection restored", "node", conn.RemoteAddr().String())
 	}
 	l.everUp, l.down, l.backoff, l.dialErr = true, false, 0, nil
 	c := &consumeConn{conn: conn}
@@ -201,28 +201,7 @@ func (l *links) prepare(conn *amqp.Connection) error {
 }
 
 func (l *links) dial(ctx context.Context, role string) (*amqp.Connection, error) {
-	type result struct {
-		conn *amqp.Connection
-		err  error
-	}
-	// broker.Dial bounds the handshake itself; ctx ends the wait at once on
-	// shutdown, and a connection that arrives after that is closed.
-	done := make(chan result, 1)
-	go func() {
-		conn, err := broker.Dial(l.broker, role)
-		done <- result{conn, err}
-	}()
-	select {
-	case r := <-done:
-		return r.conn, r.err
-	case <-ctx.Done():
-		go func() {
-			if r := <-done; r.conn != nil {
-				closeConnNow(r.conn)
-			}
-		}()
-		return nil, ctx.Err()
-	}
+	return broker.Dial(ctx, l.broker, role)
 }
 
 // up reports whether at least one consuming connection is open.
@@ -310,7 +289,13 @@ func (l *links) publish(ctx context.Context, exchange, key string, msg amqp.Publ
 	if err != nil {
 		return err
 	}
-	return pending.Wait(ctx)
+	err = pending.Wait(ctx)
+	if errors.Is(err, broker.ErrNacked) {
+		// A channel whose queue lost its leader can nack every publish
+		// for as long as it lives: the next try gets a new one.
+		go p.Close()
+	}
+	return err
 }
 
 // close ends every connection; nothing dials after it.
