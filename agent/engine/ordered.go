@@ -180,14 +180,18 @@ func (k *keys) close() {
 // key's held queue; the key's head, or an event of a key not held, is
 // attempted.
 func (s *subscriber) handleOrdered(ctx context.Context, env *env, k *keys, d *amqp.Delivery, key string) {
-	held, err := k.isHeld(key)
-	if err != nil {
-		ev := event.FromDelivery(d, time.Now())
-		s.requeue(d, &ev, "could not tell whether the event's key is held: "+err.Error())
+	// Requeued, the event could come back after a later one of its key:
+	// it is held while the question cannot be answered.
+	var held bool
+	ev := event.FromDelivery(d, time.Now())
+	if !s.persist(env, &ev, "tell whether the event's key is held", func() (err error) {
+		held, err = k.isHeld(key)
+		return err
+	}) {
+		s.requeue(d, &ev, "could not tell whether the event's key is held before shutdown")
 		return
 	}
 	if held && !event.IsKeyHead(d) {
-		ev := event.FromDelivery(d, time.Now())
 		s.replace(env, d, &ev, "", k.queue(key), event.Move(d, ev), "held-key", nil)
 		return
 	}
