@@ -46,6 +46,10 @@ type scaleRow struct {
 	consuming     float64 // s from exec to every subscription consuming
 	idleRSS       float64 // MB, VmRSS once idle
 	goroutines    int     // go_goroutines once idle
+	heapMB        float64 // go_memstats_heap_inuse_bytes once idle
+	stackMB       float64 // go_memstats_stack_inuse_bytes once idle
+	idleCPU       float64 // warren's CPU while idle, % of one core
+	brokerIdleCPU float64 // the broker's over the same time (shared broker)
 	fanOut        float64 // s from publishing one event to its last delivery
 	rssAfter      float64 // MB, VmRSS after the fan-out
 	hwm           float64 // MB, VmHWM after the fan-out
@@ -189,9 +193,14 @@ func (e *env) scaleRun(b *testing.B, bin string, n int) (row scaleRow) {
 	}
 	row.queues = len(qs)
 
+	cpu0, bcpu0, t := p.cpu(), e.brokerCPU(), time.Now()
 	time.Sleep(scaleSettle)
+	row.idleCPU = 100 * float64(p.cpu()-cpu0) / float64(time.Since(t))
+	row.brokerIdleCPU = 100 * float64(e.brokerCPU()-bcpu0) / float64(time.Since(t))
 	row.idleRSS = mb(p.status("VmRSS"))
-	row.goroutines = goroutines(client, metricsAddr)
+	gm := goMetrics(client, metricsAddr)
+	row.goroutines = int(gm["go_goroutines"])
+	row.heapMB, row.stackMB = mb(int64(gm["go_memstats_heap_inuse_bytes"])), mb(int64(gm["go_memstats_stack_inuse_bytes"]))
 	row.brokerIdle = mb(e.brokerMemory())
 	row.conns, row.channels, row.maxChannels = e.brokerLinks(p)
 
@@ -199,8 +208,15 @@ func (e *env) scaleRun(b *testing.B, bin string, n int) (row scaleRow) {
 	run := e.nextRun()
 	rc.expect(run)
 	t0 := time.Now()
+	stopTimeline := func() {}
+	if os.Getenv("WARREN_BENCH_TIMELINE") != "" {
+		// It lists every queue every 2 s, which loads the broker: off by
+		// default so the fan-out is measured alone.
+		stopTimeline = e.fanOutTimeline(rc, t0, ours)
+	}
 	e.publishTo(scaleKey, run, 1, 0)
 	p.wait(rc.done, scaleFanOutLimit, rc.progress)
+	stopTimeline()
 	row.fanOut = time.Unix(0, rc.lastAt.Load()).Sub(t0).Seconds()
 	// Every copy acked (and nothing left to come twice) before counting.
 	settleDeadline := time.Now().Add(2 * time.Minute)
@@ -231,6 +247,8 @@ func (e *env) scaleRun(b *testing.B, bin string, n int) (row scaleRow) {
 	t1 := time.Now()
 	p.stop()
 	row.exit = time.Since(t1).Seconds()
+	fmt.Printf("  %d subscriptions: idle: heap %.0f MB, stacks %.0f MB, CPU warren %.1f%%, broker %.1f%% of a core\n",
+		n, row.heapMB, row.stackMB, row.idleCPU, row.brokerIdleCPU)
 	fmt.Printf("  %d subscriptions: consuming %.1f s, idle RSS %.1f MB, %d goroutines, fan-out %.2f s, RSS after %.1f MB (peak %.1f), %d HTTP connections, exit %.1f s\n",
 		n, row.consuming, row.idleRSS, row.goroutines, row.fanOut, row.rssAfter, row.hwm, row.httpConns, row.exit)
 	fmt.Printf("  %d subscriptions: broker: %d queues, %d connections, %d channels (at most %d on one), memory %.0f MB before, %.0f MB consuming, %.0f MB after the fan-out\n",
@@ -259,24 +277,67 @@ func readyConsuming(client *http.Client, addr string) int {
 	return n
 }
 
-// goroutines reads go_goroutines from /metrics; -1 when it is not there.
-func goroutines(client *http.Client, addr string) int {
+// goMetrics reads the unlabelled go_* samples of /metrics; a missing one
+// reads 0.
+func goMetrics(client *http.Client, addr string) map[string]float64 {
+	m := map[string]float64{}
 	resp, err := client.Get("http://" + addr + "/metrics")
 	if err != nil {
-		return -1
+		return m
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "go_goroutines "); ok {
-			n, err := strconv.ParseFloat(v, 64)
-			if err == nil {
-				return int(n)
-			}
+		name, v, ok := strings.Cut(sc.Text(), " ")
+		if !ok || !strings.HasPrefix(name, "go_") {
+			continue
+		}
+		if f, err := strconv.ParseFloat(v, 64); err == nil {
+			m[name] = f
 		}
 	}
-	return -1
+	return m
+}
+
+// fanOutTimeline prints, every few seconds until stopped, how many
+// endpoints have the event and how many copies the broker still holds
+// ready (not yet pushed to warren) or unacknowledged (at warren): a pause
+// with copies ready is the broker's, one with copies unacknowledged is
+// warren's.
+func (e *env) fanOutTimeline(rc *scaleReceiver, t0 time.Time, ours func(string) bool) (stop func()) {
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-quit:
+				return
+			case <-time.After(2 * time.Second):
+			}
+			at := time.Since(t0).Seconds()
+			got := rc.unique.Load()
+			out, err := exec.Command("rabbitmqctl", "-q", "list_queues", "--no-table-headers",
+				"name", "messages_ready", "messages_unacknowledged").Output()
+			if err != nil {
+				continue
+			}
+			ready, unacked := 0, 0
+			for l := range strings.Lines(string(out)) {
+				f := strings.Fields(l)
+				if len(f) != 3 || !ours(f[0]) || strings.Contains(f[0], ".retry.") {
+					continue
+				}
+				r, _ := strconv.Atoi(f[1])
+				u, _ := strconv.Atoi(f[2])
+				ready += r
+				unacked += u
+			}
+			fmt.Printf("    fan-out +%.1f s: %d endpoints have it; broker: %d ready, %d unacked (listed by +%.1f s)\n",
+				at, got, ready, unacked, time.Since(t0).Seconds())
+		}
+	}()
+	return func() { close(quit); <-done }
 }
 
 // status reads a size field (VmRSS, VmHWM) of /proc/PID/status, in bytes.
