@@ -60,6 +60,7 @@ type scaleRow struct {
 	maxChannels   int     // on the fullest one
 	brokerBefore  float64 // MB, erlang:memory(total) before warren started
 	brokerIdle    float64 // MB, with every subscription consuming
+	queueMemory   float64 // MB, the memory of this run's queue processes
 	brokerAfter   float64 // MB, after the fan-out
 	brokerCleaned float64 // MB, after this run's queues were deleted
 	exit          float64 // s from SIGTERM to exit
@@ -203,6 +204,7 @@ func (e *env) scaleRun(b *testing.B, bin string, n int) (row scaleRow) {
 	row.heapMB, row.stackMB = mb(int64(gm["go_memstats_heap_inuse_bytes"])), mb(int64(gm["go_memstats_stack_inuse_bytes"]))
 	row.brokerIdle = mb(e.brokerMemory())
 	row.conns, row.channels, row.maxChannels = e.brokerLinks(p)
+	row.queueMemory = mb(e.queueMemory(ours))
 
 	// One event to every subscription.
 	run := e.nextRun()
@@ -251,8 +253,8 @@ func (e *env) scaleRun(b *testing.B, bin string, n int) (row scaleRow) {
 		n, row.heapMB, row.stackMB, row.idleCPU, row.brokerIdleCPU)
 	fmt.Printf("  %d subscriptions: consuming %.1f s, idle RSS %.1f MB, %d goroutines, fan-out %.2f s, RSS after %.1f MB (peak %.1f), %d HTTP connections, exit %.1f s\n",
 		n, row.consuming, row.idleRSS, row.goroutines, row.fanOut, row.rssAfter, row.hwm, row.httpConns, row.exit)
-	fmt.Printf("  %d subscriptions: broker: %d queues, %d connections, %d channels (at most %d on one), memory %.0f MB before, %.0f MB consuming, %.0f MB after the fan-out\n",
-		n, row.queues, row.conns, row.channels, row.maxChannels, row.brokerBefore, row.brokerIdle, row.brokerAfter)
+	fmt.Printf("  %d subscriptions: broker: %d queues, %d connections, %d channels (at most %d on one), memory %.0f MB before, %.0f MB consuming (its queues %.0f MB), %.0f MB after the fan-out\n",
+		n, row.queues, row.conns, row.channels, row.maxChannels, row.brokerBefore, row.brokerIdle, row.queueMemory, row.brokerAfter)
 	return row
 }
 
@@ -366,6 +368,25 @@ func (e *env) listQueues(keep func(string) bool) map[string]counts {
 		}
 	}
 	return m
+}
+
+// queueMemory sums the memory of the queues keep accepts, as rabbitmqctl
+// list_queues reports it: unlike the broker's total it holds nothing of
+// earlier runs or other users.
+func (e *env) queueMemory(keep func(string) bool) int64 {
+	out, err := exec.Command("rabbitmqctl", "-q", "list_queues", "--no-table-headers", "name", "memory").Output()
+	if err != nil {
+		e.fail("rabbitmqctl list_queues memory: %v", err)
+	}
+	var sum int64
+	for l := range strings.Lines(string(out)) {
+		f := strings.Fields(l)
+		if len(f) == 2 && keep(f[0]) {
+			v, _ := strconv.ParseInt(f[1], 10, 64)
+			sum += v
+		}
+	}
+	return sum
 }
 
 // brokerMemory is the broker's erlang:memory(total), in bytes.
@@ -538,11 +559,11 @@ func printScale(rows []scaleRow) {
 	if len(rows) == 0 {
 		return
 	}
-	fmt.Printf("\n%6s %12s %9s %9s %9s %7s %6s %8s %9s %6s\n",
-		"subs", "consuming s", "idle MB", "fan-out s", "after MB", "queues", "conns", "channels", "broker MB", "exit s")
+	fmt.Printf("\n%6s %12s %9s %9s %9s %7s %6s %8s %9s %9s %6s\n",
+		"subs", "consuming s", "idle MB", "fan-out s", "after MB", "queues", "conns", "channels", "broker MB", "queues MB", "exit s")
 	for _, r := range rows {
-		fmt.Printf("%6d %12.1f %9.1f %9.2f %9.1f %7d %6d %8d %9.0f %6.1f\n",
-			r.subs, r.consuming, r.idleRSS, r.fanOut, r.rssAfter, r.queues, r.conns, r.channels, r.brokerIdle, r.exit)
+		fmt.Printf("%6d %12.1f %9.1f %9.2f %9.1f %7d %6d %8d %9.0f %9.0f %6.1f\n",
+			r.subs, r.consuming, r.idleRSS, r.fanOut, r.rssAfter, r.queues, r.conns, r.channels, r.brokerIdle, r.queueMemory, r.exit)
 	}
 	fmt.Println()
 	for _, r := range rows {
