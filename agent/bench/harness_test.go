@@ -159,14 +159,23 @@ func (e *env) cleanup() {
 		e.b.Errorf("cleanup: %v", err)
 		return
 	}
-	queues := topology.For(e.cfg).Queues
+	plans := []topology.Plan{topology.For(e.cfg)}
 	if e.fanCfg != nil {
-		queues = append(queues, topology.For(e.fanCfg).Queues...)
+		plans = append(plans, topology.For(e.fanCfg))
 	}
-	for _, q := range queues {
-		if _, err := ch.QueueDelete(q.Name, false, false, false); err != nil {
-			e.b.Errorf("cleanup: delete queue %s: %v", q.Name, err)
-			return
+	for _, p := range plans {
+		for _, q := range append(p.Queues, p.Tiers...) {
+			if _, err := ch.QueueDelete(q.Name, false, false, false); err != nil {
+				e.b.Errorf("cleanup: delete queue %s: %v", q.Name, err)
+				return
+			}
+		}
+		// Each tier queue is fed by a fanout exchange of its name.
+		for _, q := range p.Tiers {
+			if err := ch.ExchangeDelete(q.Name, false, false); err != nil {
+				e.b.Errorf("cleanup: delete exchange %s: %v", q.Name, err)
+				return
+			}
 		}
 	}
 	if err := ch.ExchangeDelete(e.cfg.Broker.Exchange, false, false); err != nil {
@@ -251,7 +260,9 @@ func (e *env) fanOutConfig(name string) string {
 	return e.writeConfig(name, y.String())
 }
 
-func (e *env) configHead(y *strings.Builder) {
+// configHead writes the broker and server sections and returns the
+// address of the metrics server.
+func (e *env) configHead(y *strings.Builder) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		e.b.Fatal(err)
@@ -261,6 +272,7 @@ func (e *env) configHead(y *strings.Builder) {
 	fmt.Fprintf(y, "broker:\n  url: %s\n  exchange: %s\n  queue_prefix: %s\n",
 		strconv.Quote(e.amqpURL), e.cfg.Broker.Exchange, e.cfg.Broker.QueuePrefix)
 	fmt.Fprintf(y, "server:\n  listen: %s\n", metricsAddr)
+	return metricsAddr
 }
 
 func (e *env) writeConfig(name, yaml string) string {
