@@ -7,6 +7,7 @@ package engine
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"encoding/binary"
 	"errors"
 	"log/slog"
@@ -530,11 +531,13 @@ func (e *Engine) SubscriptionStates() map[string]string {
 }
 
 // hash identifies a loaded config in warren_config_hash: the first 52 bits
-// of the SHA-256 of its effective form (secrets masked), so a float64
-// holds it exactly.
+// (a float64 holds them exactly) of the SHA-256 of its JSON form, secrets
+// masked. JSON, not the YAML of validate -v: with thousands of
+// subscriptions that encoding costs hundreds of MB.
 func hash(cfg *config.Config) float64 {
-	sum := sha256.Sum256(cfg.Effective())
-	return float64(binary.BigEndian.Uint64(sum[:8]) >> 12)
+	h := sha256.New()
+	_ = json.NewEncoder(h).Encode(cfg)
+	return float64(binary.BigEndian.Uint64(h.Sum(nil)[:8]) >> 12)
 }
 
 // refused tells a broker that refused the new topology (a queue with

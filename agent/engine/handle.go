@@ -17,6 +17,7 @@ import (
 	"github.com/warren-hq/warren/agent/logging"
 	"github.com/warren-hq/warren/agent/metrics"
 	"github.com/warren-hq/warren/agent/rules"
+	"github.com/warren-hq/warren/agent/topology"
 	"github.com/warren-hq/warren/config"
 )
 
@@ -292,7 +293,8 @@ func (s *subscriber) repair(env *env) {
 	if env.links == nil {
 		return
 	}
-	plan := s.shared
+	cfg, _ := env.e.current()
+	plan := topology.Shared(cfg)
 	plan.Queues = s.queues
 	if err := env.e.declare(env.hard, env.links, plan); err != nil {
 		s.log.Warn("could not redeclare the subscription's queues", logging.Err(err))

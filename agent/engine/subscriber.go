@@ -42,7 +42,6 @@ type subscriber struct {
 	dead      string
 	queues    []topology.Queue // work and dead
 	tiers     map[time.Duration]string
-	shared    topology.Plan // exchange and tiers, redeclared with its own queues on repair
 	endpoint  *delivery.Endpoint
 	client    *delivery.Client
 	rules     *rules.Program
@@ -68,7 +67,6 @@ func newSubscriber(cfg *config.Config, s config.Subscription, userAgent string, 
 		dead:      cfg.DeadQueue(s),
 		queues:    topology.Subscription(cfg, s),
 		tiers:     make(map[time.Duration]string),
-		shared:    topology.Shared(cfg),
 		endpoint:  delivery.NewEndpoint(s, userAgent),
 		client:    delivery.NewClient(s),
 		seen:      seen,
