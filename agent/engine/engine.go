@@ -7,8 +7,8 @@ package engine
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"reflect"

@@ -268,6 +268,9 @@ func (l *links) watchBlocked(blocked <-chan amqp.Blocking) {
 			l.log.Info("broker unblocked publishing")
 		}
 	}
+	// The connection is gone, and with it what it said: the next publish
+	// dials a new one and learns afresh.
+	l.blocked.Store(false)
 }
 
 // publish stores msg and waits for the broker's confirm, within the

@@ -3,6 +3,7 @@ package engine_test
 import (
 	"encoding/json"
 	"net/http"
+	"slices"
 	"testing"
 	"time"
 
@@ -66,6 +67,7 @@ func TestAPIVersionPinning(t *testing.T) {
 	rc.WaitFor(t, 10*time.Second, "two events", func(r []warrentest.Request) bool { return len(r) == 2 })
 	waitQuiet(t, cfg, e)
 	got := ids(rc.Requests())
+	slices.Sort(got)
 	if len(got) != 2 || got[0] != "evt_pinned" || got[1] != "evt_plain" {
 		t.Errorf("delivered %v, want [evt_pinned evt_plain]", got)
 	}
