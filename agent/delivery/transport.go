@@ -21,9 +21,14 @@ const (
 	// idleTimeout closes a keep-alive connection nobody used for this long:
 	// an idle subscription keeps no connections (SPEC §10).
 	idleTimeout = 20 * time.Second
-	// maxIdlePerHost is above the largest concurrency, so that connections
-	// an endpoint's workers use are kept between attempts, not reopened.
-	maxIdlePerHost = 1024
+	// maxConnsPerHost is above the largest concurrency, so that
+	// connections an endpoint's workers use are kept between attempts, not
+	// reopened; and it bounds the connections opened at once to one host:
+	// one event fanned out to thousands of subscriptions on one host would
+	// otherwise dial thousands of connections together, overflow the
+	// host's accept queue and wait out the kernel's SYN retries (1, 3, 7 s
+	// and more).
+	maxConnsPerHost = 1024
 	// maxResponseHeaderBytes bounds what an endpoint can make warren read
 	// before the body.
 	maxResponseHeaderBytes = 64 << 10
@@ -51,13 +56,11 @@ var transports = struct {
 // acquire returns the shared transport for s's endpoint, creating it on
 // first use.
 //
-// No MaxConnsPerHost: a shared transport serves many subscriptions, and
-// each caps its own requests in flight at its concurrency (one per
-// worker), so connections to a host are bounded by the sum of the
-// concurrencies of the subscriptions on it; a fixed cap would make one
-// subscription wait for another's connections. maxIdlePerHost keeps the
-// connections in use between attempts and idleTimeout drops them when
-// the traffic stops.
+// Each subscription caps its own requests in flight at its concurrency;
+// the transport caps connections to one host at maxConnsPerHost, which
+// only subscriptions sharing a host with more than that many requests in
+// flight together ever wait for. idleTimeout drops connections when the
+// traffic stops.
 func acquire(s config.Subscription) (*sharedTransport, error) {
 	u, err := url.Parse(s.URL)
 	if err != nil {
@@ -78,7 +81,8 @@ func acquire(s config.Subscription) (*sharedTransport, error) {
 		// The attempt's context bounds dial, TLS handshake and answer.
 		DialContext:            (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext,
 		ForceAttemptHTTP2:      true,
-		MaxIdleConnsPerHost:    maxIdlePerHost,
+		MaxIdleConnsPerHost:    maxConnsPerHost,
+		MaxConnsPerHost:        maxConnsPerHost,
 		IdleConnTimeout:        idleTimeout,
 		MaxResponseHeaderBytes: maxResponseHeaderBytes,
 		ExpectContinueTimeout:  time.Second,

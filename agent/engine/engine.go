@@ -12,6 +12,7 @@ import (
 	"errors"
 	"log/slog"
 	"reflect"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -116,6 +117,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	for _, s := range subs {
 		r.start(ctx, s)
 	}
+	go e.settleStartup(ctx)
 	sampled := make(chan struct{})
 	sctx, stopSampling := context.WithCancel(ctx)
 	go func() {
@@ -567,3 +569,30 @@ func contains(list []string, s string) bool {
 
 // MetricsOf returns the metrics e reports to.
 func MetricsOf(e *Engine) *metrics.Metrics { return e.metrics }
+
+// settleStartup hands the garbage of starting up (thousands of declares
+// and consumers) back to the operating system once every subscription
+// consumes, so that an idle warren's RSS is what it holds, not what it
+// went through.
+func (e *Engine) settleStartup(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		starting := false
+		for _, state := range e.SubscriptionStates() {
+			if state == StateStarting {
+				starting = true
+				break
+			}
+		}
+		if !starting {
+			debug.FreeOSMemory()
+			return
+		}
+	}
+}

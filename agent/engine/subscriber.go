@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -147,7 +148,7 @@ func (s *subscriber) session(ctx context.Context, env *env) error {
 	}
 	defer release()
 	defer ch.Close()
-	if err := declareLimit.do(ctx, func() error { return topology.DeclareQueues(ch, s.exchange, s.queues) }); err != nil {
+	if err := declarer.do(ctx, func() error { return topology.DeclareQueues(ch, s.exchange, s.queues) }); err != nil {
 		var conflict *topology.ConflictError
 		if errors.As(err, &conflict) {
 			return &FatalError{err}
@@ -383,23 +384,40 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 	}
 }
 
-// declareLimit bounds the subscriptions declaring their queues at once:
-// thousands starting together would otherwise queue thousands of
-// synchronous declares on the broker.
-var declareLimit = newLimit(32)
+// declarer runs the subscriptions' declares on a few goroutines of its
+// own: thousands of subscriptions starting together would otherwise queue
+// thousands of synchronous declares on the broker, and each subscription's
+// long-lived goroutine would keep the deep stack a declare grows.
+var declarer = newPool(32)
 
-type limit chan struct{}
+// pool runs functions on a fixed set of goroutines, started on first use.
+type pool struct {
+	work  chan func()
+	start sync.Once
+	n     int
+}
 
-func newLimit(n int) limit { return make(limit, n) }
+func newPool(n int) *pool { return &pool{work: make(chan func()), n: n} }
 
-func (l limit) do(ctx context.Context, f func() error) error {
+// do runs f on one of the pool's goroutines and returns its error, or
+// ctx's if ctx ends first.
+func (p *pool) do(ctx context.Context, f func() error) error {
+	p.start.Do(func() {
+		for range p.n {
+			go func() {
+				for job := range p.work {
+					job()
+				}
+			}()
+		}
+	})
+	done := make(chan error, 1)
 	select {
-	case l <- struct{}{}:
+	case p.work <- func() { done <- f() }:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	defer func() { <-l }()
-	return f()
+	return <-done
 }
 
 func ack(d *amqp.Delivery, log *slog.Logger) {
