@@ -333,5 +333,5 @@ func RedactURL(raw string) string {
 
 // String keeps secrets out of %v.
 func (s Subscription) String() string {
-	return fmt.Sprintf("subscription %q -> %s", s.Name, RedactURL(s.URL))
+	return fmt.Sprintf("subscription %q -> %s", s.Name, EndpointURL(s.URL))
 }

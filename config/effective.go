@@ -31,7 +31,7 @@ func (c *Config) Effective() []byte {
 			}
 			headers[name] = value
 		}
-		s.URL, s.Headers = maskURL(s.URL), headers
+		s.URL, s.Headers = EndpointURL(s.URL), headers
 		view.Subscriptions[i] = s
 	}
 	root := encode(reflect.ValueOf(view))

@@ -129,3 +129,18 @@ func TestSecretNeverPrinted(t *testing.T) {
 		}
 	}
 }
+
+// TestEndpointURLHidesTokens: validate -v and logs show an endpoint without
+// the tokens webhook URLs carry in their path and query.
+func TestEndpointURLHidesTokens(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"https://hooks.example.com/services/T000/B000/XXXXsecret?token=abc&x=1", "https://hooks.example.com/services/xxxxx/xxxxx/xxxxx?token=xxxxx&x=xxxxx"},
+		{"https://user:pw@orders.example.com/webhooks", "https://xxxxx@orders.example.com/webhooks"},
+		{"http://127.0.0.1:8080", "http://127.0.0.1:8080"},
+		{"https://example.com/hooks/", "https://example.com/hooks/"},
+	} {
+		if got := EndpointURL(tt.in); got != tt.want {
+			t.Errorf("EndpointURL(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}

@@ -38,3 +38,34 @@ func maskURL(raw string) string {
 	}
 	return scheme + masked + rest[at:]
 }
+
+// EndpointURL shows an endpoint URL without what may be a credential: the
+// password, every query value, and every path segment after the first
+// (webhook URLs often carry their token there, as in
+// /services/T000/B000/XXXX). Scheme, host and the first segment are enough
+// to tell endpoints apart.
+func EndpointURL(raw string) string {
+	u, err := parseURL(raw)
+	if err != nil {
+		return maskURL(raw)
+	}
+	if u.User != nil {
+		u.User = url.User("xxxxx")
+	}
+	segments := strings.Split(strings.TrimPrefix(u.EscapedPath(), "/"), "/")
+	for i := 1; i < len(segments); i++ {
+		if segments[i] != "" {
+			segments[i] = "xxxxx"
+		}
+	}
+	if u.Path != "" {
+		u.RawPath = ""
+		u.Path = "/" + strings.Join(segments, "/")
+	}
+	q := u.Query()
+	for k := range q {
+		q[k] = []string{"xxxxx"}
+	}
+	u.RawQuery = q.Encode()
+	return u.String()
+}

@@ -123,3 +123,28 @@ func BenchmarkCopy(b *testing.B) {
 		Copy(d, ev, o, time.Time{})
 	}
 }
+
+// TestBrokerDeadLetteredKeepsIdentity: a message the broker dead-lettered
+// by itself (a quorum delivery limit) has no warren headers; dead list
+// reads its type from the oldest x-death entry and dead replay keeps its id.
+func TestBrokerDeadLetteredKeepsIdentity(t *testing.T) {
+	d := &amqp.Delivery{
+		MessageId:  "evt_limit",
+		RoutingKey: "warren.orders.dead",
+		Headers: amqp.Table{"x-death": []any{
+			amqp.Table{"queue": "warren.orders", "reason": "delivery_limit", "routing-keys": []any{"order.created"}},
+		}},
+		Body: []byte(`{}`),
+	}
+	p := ReadParked(d)
+	if p.ID != "evt_limit" || p.Type != "order.created" {
+		t.Errorf("dead list shows %s %s, want evt_limit order.created", p.ID, p.Type)
+	}
+	replay := Replay(d, FromDelivery(d, time.Now()))
+	if replay.MessageId != "evt_limit" || replay.Headers[HeaderRoutingKey] != "order.created" {
+		t.Errorf("dead replay sends id %q, type %v; want evt_limit, order.created", replay.MessageId, replay.Headers[HeaderRoutingKey])
+	}
+	if _, ok := replay.Headers["x-death"]; ok {
+		t.Error("replay keeps x-death")
+	}
+}
