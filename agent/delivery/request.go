@@ -3,11 +3,13 @@
 package delivery
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -35,12 +37,15 @@ type Endpoint struct {
 	Forward   []string        // forward_headers: AMQP header names sent as HTTP headers
 	Signer    *signing.Signer // nil when the subscription has no secrets
 	UserAgent string
+
+	parsed *url.URL // URL, parsed once; nil if it does not parse
 }
 
 // NewEndpoint prepares a subscription's endpoint.
 func NewEndpoint(s config.Subscription, userAgent string) *Endpoint {
 	ep := &Endpoint{URL: s.URL, Format: s.Format, Source: s.Source, Header: http.Header{}, UserAgent: userAgent,
 		Forward: s.ForwardHeaders}
+	ep.parsed, _ = url.Parse(s.URL)
 	for k, v := range s.Headers {
 		ep.Header.Set(k, v)
 	}
@@ -144,7 +149,7 @@ func (ep *Endpoint) NewRequest(ctx context.Context, ev *event.Event, now time.Ti
 	if err != nil {
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.URL, nil)
+	req, err := ep.newRequest(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -195,16 +200,43 @@ func (ep *Endpoint) NewRequest(ctx context.Context, ev *event.Event, now time.Ti
 	return req, nil
 }
 
-// setBody sends parts in order without joining them; net/http calls
-// GetBody to send them again (HTTP/2 retries).
+// joinBelow is the body size under which parts are joined into one
+// buffer: net/http writes a body it knows to be in memory (a
+// *bytes.Reader) with the headers in one write, any other body after
+// flushing the headers, which costs a second syscall per request. Copying
+// a small body is cheaper than that; a large one is sent in parts.
+const joinBelow = 64 << 10
+
+// newRequest is http.NewRequestWithContext without parsing the URL again
+// for every attempt.
+func (ep *Endpoint) newRequest(ctx context.Context) (*http.Request, error) {
+	if ep.parsed == nil {
+		return http.NewRequestWithContext(ctx, http.MethodPost, ep.URL, nil)
+	}
+	u := *ep.parsed
+	req := &http.Request{
+		Method: http.MethodPost, URL: &u, Host: strings.TrimSuffix(u.Host, ":"),
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: make(http.Header, 12),
+	}
+	return req.WithContext(ctx), nil
+}
+
+// setBody sends parts in order; net/http calls GetBody to send them again
+// (HTTP/2 retries).
 func setBody(req *http.Request, parts [3][]byte) {
 	n := len(parts[0]) + len(parts[1]) + len(parts[2])
 	req.ContentLength = int64(n)
-	if n == 0 {
+	switch {
+	case n == 0:
 		req.Body, req.GetBody = http.NoBody, func() (io.ReadCloser, error) { return http.NoBody, nil }
 		return
+	case n < joinBelow:
+		body := make([]byte, 0, n)
+		body = append(append(append(body, parts[0]...), parts[1]...), parts[2]...)
+		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	default:
+		req.GetBody = func() (io.ReadCloser, error) { return &partsReader{parts: parts}, nil }
 	}
-	req.GetBody = func() (io.ReadCloser, error) { return &partsReader{parts: parts}, nil }
 	req.Body, _ = req.GetBody()
 }
 

@@ -1179,3 +1179,57 @@ func rsMessageIDs(t *testing.T, queue string) map[string]bool {
 		ids[d.MessageId] = true
 	}
 }
+
+// TestReloadWhileDisconnectedUnbindsLater drops a pattern by reload while
+// the broker is down: the reload applies at once (the running config is the
+// new one), and the binding is removed as soon as warren reconnects, so an
+// event with the dropped key is unroutable.
+func TestReloadWhileDisconnectedUnbindsLater(t *testing.T) {
+	rsKeepBroker(t)
+	rc, ids := rsReceiver(t)
+	cfg := rsConfig(t, config.Subscription{Name: "away", URL: rc.URL, Events: []string{"keep.*", "drop.*"}})
+	rsApply(t, cfg)
+	e := rsStart(t, cfg, "away")
+	rsWait(t, 20*time.Second, "the engine to connect", func() bool { up, _ := e.Connected(); return up })
+
+	rsMustCtl(t, "stop_app")
+	rsWait(t, 20*time.Second, "the engine to notice", func() bool { up, _ := e.Connected(); return !up })
+	next := *cfg
+	next.Subscriptions = []config.Subscription{cfg.Subscriptions[0]}
+	next.Subscriptions[0].Events = []string{"keep.*"}
+	e.Reload(&next)
+	rsWait(t, 10*time.Second, "the reload", func() bool { return e.logs.count("config reloaded") == 1 })
+	rsMustCtl(t, "start_app")
+	rsWait(t, 30*time.Second, "the engine to reconnect", func() bool {
+		up, _ := e.Connected()
+		return up && e.SubscriptionStates()["away"] == engine.StateConsuming
+	})
+
+	conn, err := rsDial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	returns := ch.NotifyReturn(make(chan amqp.Return, 2))
+	for _, key := range []string{"drop.x", "keep.x"} {
+		dc, err := ch.PublishWithDeferredConfirmWithContext(context.Background(), cfg.Broker.Exchange, key, true, false, warrentest.JSON("evt_"+key, `{}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := dc.WaitContext(context.Background()); !ok || err != nil {
+			t.Fatalf("publish %s not confirmed: %v", key, err)
+		}
+	}
+	if len(returns) != 1 || (<-returns).RoutingKey != "drop.x" {
+		t.Errorf("want drop.x unroutable after the reconnect and keep.x routed")
+	}
+	rsWait(t, 20*time.Second, "keep.x delivered", func() bool { return ids.distinct() == 1 })
+	e.Stop(t)
+}

@@ -80,7 +80,9 @@ func newSubscriber(cfg *config.Config, s config.Subscription, userAgent string, 
 	}
 	// Validate compiled every expression already: an error here is a bug,
 	// and the subscription parks each event with it rather than guess.
-	sub.rules, sub.rulesErr = rules.Compile(s)
+	if s.Filter != "" || s.Transform != "" || s.APIVersion != "" || s.Ordering.Key != "" {
+		sub.rules, sub.rulesErr = rules.Compile(s)
+	}
 	sub.breaker = newBreaker(s.CircuitBreaker.Failures, s.CircuitBreaker.Cooldown, sub.log, m)
 	if s.RateLimit > 0 {
 		sub.limiter = rate.NewLimiter(rate.Limit(s.RateLimit), 1)
