@@ -37,6 +37,7 @@ type Decision struct {
 // Decide applies the delivery rules to one attempt's result. attempt counts
 // from 1; the retry tier for attempt n is delays[n-1].
 func Decide(r Result, attempt int, retry config.Retry) Decision {
+	attempt = max(attempt, 1)
 	switch {
 	case r.Invalid:
 		// The message can never become a request as configured.

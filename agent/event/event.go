@@ -58,6 +58,9 @@ func Move(d *amqp.Delivery, ev Event) amqp.Publishing {
 	return p
 }
 
+// maxAttempts bounds the attempt count read from a message.
+const maxAttempts = 1 << 16
+
 // IsReplay reports whether d was put back by a replay.
 func IsReplay(d *amqp.Delivery) bool {
 	_, ok := d.Headers[HeaderReplay]
@@ -96,7 +99,9 @@ func FromDelivery(d *amqp.Delivery, now time.Time) Event {
 	} else if key, ok := deadLetteredFrom(d.Headers); ok {
 		ev.Type = key
 	}
-	if n, ok := intHeader(d.Headers[HeaderAttempt]); ok && n >= 0 {
+	// A count past any schedule is a count someone else wrote: it must not
+	// overflow into a negative attempt.
+	if n, ok := intHeader(d.Headers[HeaderAttempt]); ok && n >= 0 && n < maxAttempts {
 		ev.Attempt = n + 1
 	}
 	ev.FirstAttemptAt = now
@@ -182,6 +187,7 @@ func Copy(d *amqp.Delivery, ev Event, o Outcome, parkedAt time.Time) amqp.Publis
 	headers[HeaderLastError] = Truncate(o.Error, 512)
 	if !parkedAt.IsZero() {
 		headers[HeaderParkedAt] = parkedAt.UTC().Format(time.RFC3339Nano)
+		delete(headers, HeaderKeyHead) // a parked event heads nothing
 	}
 	return amqp.Publishing{
 		Headers:         headers,
@@ -206,7 +212,7 @@ func Copy(d *amqp.Delivery, ev Event, o Outcome, parkedAt time.Time) amqp.Publis
 // queue: same id and body, attempt count and last outcome cleared.
 func Replay(d *amqp.Delivery, ev Event) amqp.Publishing {
 	p := Copy(d, ev, Outcome{}, time.Time{})
-	for _, k := range []string{HeaderAttempt, HeaderLastStatus, HeaderLastError, HeaderParkedAt, HeaderFirstAttemptAt} {
+	for _, k := range []string{HeaderAttempt, HeaderLastStatus, HeaderLastError, HeaderParkedAt, HeaderFirstAttemptAt, HeaderKeyHead} {
 		delete(p.Headers, k)
 	}
 	return p

@@ -148,3 +148,15 @@ func TestBrokerDeadLetteredKeepsIdentity(t *testing.T) {
 		t.Error("replay keeps x-death")
 	}
 }
+
+// TestAttemptCountCannotOverflow: a foreign warren-attempt at the top of
+// int64 must not wrap into a negative attempt (which would index the
+// retry schedule out of range and crash).
+func TestAttemptCountCannotOverflow(t *testing.T) {
+	for _, v := range []any{int64(9223372036854775807), "9223372036854775807", int32(-5)} {
+		ev := FromDelivery(&amqp.Delivery{MessageId: "evt", Headers: amqp.Table{HeaderAttempt: v}}, time.Now())
+		if ev.Attempt != 1 {
+			t.Errorf("warren-attempt %v gives attempt %d, want 1", v, ev.Attempt)
+		}
+	}
+}
