@@ -13,7 +13,10 @@ import (
 	"testing"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
+
 	"github.com/warren-hq/warren/agent/cli"
+	"github.com/warren-hq/warren/agent/internal/brokertest"
 	"github.com/warren-hq/warren/agent/internal/warrentest"
 	"github.com/warren-hq/warren/config"
 )
@@ -261,4 +264,37 @@ func TestConfigMapSymlinkSwapReloads(t *testing.T) {
 	if strings.Contains(stderr.String(), "config reload rejected") {
 		t.Errorf("the swap was read half-done:\n%s", stderr.String())
 	}
+}
+
+// TestRunCountsRefusedReloadAsFailure: a valid file whose new queue the
+// broker refuses (declared already with other arguments) is a rejected
+// reload: one failure, no success.
+func TestRunCountsRefusedReloadAsFailure(t *testing.T) {
+	rc := warrentest.NewReceiver(t, nil)
+	path, cfg, data, addr, stderr := runWatched(t, rc.URL)
+	edited := data + "  - {name: second, url: " + rc.URL + ", events: [\"b\"]}\n"
+	next, err := config.Parse(path, []byte(edited), os.LookupEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	warrentest.CleanupLater(t, next)
+	ch, err := brokertest.Dial(t).Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(next.WorkQueue(next.Subscriptions[1]), true, false, false, false, amqp.Table{"x-max-length": int32(1)}); err != nil {
+		t.Fatal(err)
+	}
+
+	rewrite(t, path, edited)
+	waitLog(t, stderr, "config reload rejected")
+	failure, success := `warren_config_reloads_total{result="failure"}`, `warren_config_reloads_total{result="success"}`
+	if v := metricValue(t, addr, failure); v != "1" {
+		t.Errorf("%s = %q after a refused reload, want 1", failure, v)
+	}
+	if v := metricValue(t, addr, success); v != "" && v != "0" {
+		t.Errorf("%s = %q after a refused reload, want 0", success, v)
+	}
+	warrentest.Publish(t, cfg, "a", warrentest.JSON("evt_after_refused", `{}`))
+	rc.WaitFor(t, 10*time.Second, "delivery after the refused reload", func(r []warrentest.Request) bool { return len(r) == 1 })
 }
