@@ -126,6 +126,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	}()
 	defer func() { stopSampling(); <-sampled }()
 
+	retry := time.NewTicker(time.Second) // a pending reload looks for the broker
+	defer retry.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -137,6 +139,12 @@ func (e *Engine) Run(ctx context.Context) error {
 			return err
 		case next := <-e.reloads:
 			r.apply(ctx, next)
+		case <-retry.C:
+			if r.pending != nil && r.links.up() {
+				next := r.pending
+				r.pending = nil
+				r.apply(ctx, next)
+			}
 		}
 	}
 }
@@ -144,6 +152,7 @@ func (e *Engine) Run(ctx context.Context) error {
 // runner is what Run keeps while it runs: the subscribers at work and the
 // broker links they use.
 type runner struct {
+	pending  *config.Config // a reload waiting for the broker
 	e        *Engine
 	hard     context.Context
 	fatal    chan error
@@ -191,6 +200,7 @@ func (r *runner) newLinks(cfg *config.Config) *links {
 			return nil
 		},
 	}
+	l.life, l.endLife = context.WithCancel(context.Background())
 	// Only the links in use speak for the broker connection: not links a
 	// reload tried and dropped, nor the ones it replaced.
 	l.onChange = func(up bool, err error) {
@@ -318,6 +328,21 @@ func (r *runner) apply(ctx context.Context, next *config.Config) {
 			added = append(added, s.opts)
 		}
 	}
+	if !brokerChanged && !r.links.up() {
+		// Nothing can be declared, so nothing could be refused: the reload
+		// waits for the broker, then goes all the way or not at all.
+		r.pending = next
+		e.log.Info("config reload waits for the broker connection")
+		return
+	}
+	// discard closes what plan built for a config that is not applied.
+	discard := func() {
+		for _, s := range subs {
+			if _, running := r.running[s]; !running {
+				s.client.Close()
+			}
+		}
+	}
 	declared := false
 	// A changed broker section gets links of its own, and the new queues
 	// are declared through them before anything running is stopped.
@@ -349,6 +374,7 @@ func (r *runner) apply(ctx context.Context, next *config.Config) {
 			if brokerChanged {
 				declareOn.close()
 			}
+			discard()
 			e.metrics.Reloads.WithLabelValues("failure").Inc()
 			e.log.Error("config reload rejected; keeping the running config", "err", err.Error())
 			return

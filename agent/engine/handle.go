@@ -72,16 +72,23 @@ func (s *subscriber) attempt(ctx context.Context, env *env, d *amqp.Delivery, k 
 			return true
 		}
 	}
-	if d.MessageId == "" && k == nil {
+	if d.MessageId == "" {
 		// Give the event an id of its own before anything is sent: derived
-		// from the content, two equal publishes would be one event. (An
-		// ordered subscription keeps the derived id: the stamped copy would
-		// go to the back of the queue, behind later events of its key.)
-		s.replace(env, d, &ev, "", s.work, event.Stamp(d, ev), "stamped", nil)
+		// from the content, two equal publishes would be one event. In an
+		// ordered subscription the stamped copy goes to the back of the
+		// queue as its key's head, and the key is held until it is done,
+		// so later events of the key wait behind it.
+		msg := event.Stamp(d, ev)
+		var hold func() error
+		if k != nil {
+			msg.Headers[event.HeaderKeyHead] = true
+			hold = k.hold
+		}
+		s.replace(env, d, &ev, "", s.work, msg, "stamped", hold)
 		return false
 	}
 	dedupKey := dedup.Key{Subscription: s.name, Event: ev.ID}
-	if !event.IsReplay(d) && d.MessageId != "" && s.seen.Contains(dedupKey) {
+	if !event.IsReplay(d) && s.seen.Contains(dedupKey) {
 		if !s.done(env, d, &ev, k) {
 			return false
 		}
@@ -229,12 +236,12 @@ func (s *subscriber) park(env *env, d *amqp.Delivery, ev *event.Event, now time.
 // the original was replaced.
 func (s *subscriber) replace(env *env, d *amqp.Delivery, ev *event.Event, exchange, key string, msg amqp.Publishing, what string, beforeAck func() error) bool {
 	stored := s.persist(env, ev, "store the "+what+" copy", func() error {
-		err := env.copies.publish(env.hard, exchange, key, msg)
-		if err == nil && beforeAck != nil {
-			err = beforeAck()
-		}
-		return err
+		return env.copies.publish(env.hard, exchange, key, msg)
 	})
+	// A step of its own: retrying it must not store the copy again.
+	if stored && beforeAck != nil {
+		stored = s.persist(env, ev, "update the event's key after its "+what+" copy", beforeAck)
+	}
 	if !stored {
 		s.requeue(d, ev, "could not store the "+what+" copy before shutdown")
 		return false

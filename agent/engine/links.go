@@ -41,6 +41,11 @@ type links struct {
 	maxBackoff     time.Duration
 	onChange       func(up bool, err error)
 
+	// life ends when the links close: a shared dial runs on it, not on the
+	// context of whichever subscription asked first.
+	life    context.Context
+	endLife context.CancelFunc
+
 	mu       sync.Mutex
 	consume  []*consumeConn
 	dialing  chan struct{} // closed when the dial in progress ends; nil when none
@@ -118,7 +123,7 @@ func (l *links) channel(ctx context.Context) (*amqp.Channel, func(), error) {
 		}
 		l.dialing = make(chan struct{})
 		l.mu.Unlock()
-		err := l.dialConsume(ctx)
+		err := l.dialConsume(l.life)
 		l.mu.Lock()
 		close(l.dialing)
 		l.dialing = nil
@@ -274,8 +279,10 @@ func (l *links) watchBlocked(blocked <-chan amqp.Blocking) {
 }
 
 // publish stores msg and waits for the broker's confirm, within the
-// publish timeout. A write or confirm that does not come back in time means
-// a blocked or broken connection: it is closed, so nothing hangs behind it.
+// publish timeout. A write that does not return in time means a blocked or
+// broken connection: it is closed, so nothing hangs behind it. A confirm
+// that does not come in time, or a nack, costs only its channel, which the
+// next publish opens anew; the other publishes on the connection go on.
 func (l *links) publish(ctx context.Context, exchange, key string, msg amqp.Publishing) error {
 	if l.blocked.Load() {
 		return errBlocked
@@ -287,13 +294,13 @@ func (l *links) publish(ctx context.Context, exchange, key string, msg amqp.Publ
 		return err
 	}
 	watchdog := context.AfterFunc(ctx, func() { closeConnNow(conn) })
-	defer watchdog()
 	pending, err := p.Send(ctx, exchange, key, msg)
+	watchdog()
 	if err != nil {
 		return err
 	}
 	err = pending.Wait(ctx)
-	if errors.Is(err, broker.ErrNacked) {
+	if errors.Is(err, broker.ErrNacked) || errors.Is(err, context.DeadlineExceeded) {
 		// A channel whose queue lost its leader can nack every publish
 		// for as long as it lives: the next try gets a new one.
 		go p.Close()
@@ -303,6 +310,7 @@ func (l *links) publish(ctx context.Context, exchange, key string, msg amqp.Publ
 
 // close ends every connection; nothing dials after it.
 func (l *links) close() {
+	l.endLife()
 	l.mu.Lock()
 	l.isClosed = true
 	conns := l.consume

@@ -171,3 +171,20 @@ func TestOrderingKeyFailureParks(t *testing.T) {
 		t.Errorf("parked %s with %q, want evt_nokey with the key's error", p.ID, p.LastError)
 	}
 }
+
+// TestEmptyOrderingKeyIsAKeyLikeAnother: events whose key is "" keep
+// flowing (in order) and do not stall the other keys.
+func TestEmptyOrderingKeyIsAKeyLikeAnother(t *testing.T) {
+	rc := warrentest.NewReceiver(t, nil)
+	cfg := warrentest.Config(t, orderedSub(rc.URL))
+	start(t, cfg)
+	warrentest.Apply(t, cfg)
+	var msgs []amqp.Publishing
+	for seq := range 5 {
+		msgs = append(msgs, accountEvent("", seq), accountEvent("a", seq))
+	}
+	warrentest.Publish(t, cfg, "account.updated", msgs...)
+	reqs := rc.WaitFor(t, 10*time.Second, "every event", func(r []warrentest.Request) bool { return len(r) == 10 })
+	checkOrder(t, reqs, "", 5)
+	checkOrder(t, reqs, "a", 5)
+}

@@ -1181,9 +1181,9 @@ func rsMessageIDs(t *testing.T, queue string) map[string]bool {
 }
 
 // TestReloadWhileDisconnectedUnbindsLater drops a pattern by reload while
-// the broker is down: the reload applies at once (the running config is the
-// new one), and the binding is removed as soon as warren reconnects, so an
-// event with the dropped key is unroutable.
+// the broker is down: the reload waits for the broker (nothing could be
+// declared, so nothing could be refused), then applies whole: the binding
+// is removed, so an event with the dropped key is unroutable.
 func TestReloadWhileDisconnectedUnbindsLater(t *testing.T) {
 	rsKeepBroker(t)
 	rc, ids := rsReceiver(t)
@@ -1198,11 +1198,10 @@ func TestReloadWhileDisconnectedUnbindsLater(t *testing.T) {
 	next.Subscriptions = []config.Subscription{cfg.Subscriptions[0]}
 	next.Subscriptions[0].Events = []string{"keep.*"}
 	e.Reload(&next)
-	rsWait(t, 10*time.Second, "the reload", func() bool { return e.logs.count("config reloaded") == 1 })
+	rsWait(t, 10*time.Second, "the reload to wait", func() bool { return e.logs.count("config reload waits for the broker connection") == 1 })
 	rsMustCtl(t, "start_app")
-	rsWait(t, 30*time.Second, "the engine to reconnect", func() bool {
-		up, _ := e.Connected()
-		return up && e.SubscriptionStates()["away"] == engine.StateConsuming
+	rsWait(t, 30*time.Second, "the reload once reconnected", func() bool {
+		return e.logs.count("config reloaded") == 1 && e.SubscriptionStates()["away"] == engine.StateConsuming
 	})
 
 	conn, err := rsDial()

@@ -88,13 +88,15 @@ func newSubscriber(cfg *config.Config, s config.Subscription, userAgent string, 
 		sub.limiter = rate.NewLimiter(rate.Limit(s.RateLimit), 1)
 	}
 	sub.state.Store(StateStarting)
-	m.Paused.Set(0)
-	m.CircuitOpen.Set(0)
 	return sub
 }
 
 // State is what the subscription is doing now.
 func (s *subscriber) State() string { return s.state.Load().(string) }
+
+// errReopen ends a session that closed its channel on purpose: the next
+// one starts at once.
+var errReopen = errors.New("channel closed to hand its messages back in order")
 
 // env is what a running subscriber uses from the engine.
 type env struct {
@@ -110,6 +112,10 @@ type env struct {
 // subscription alone, after a backoff of its own, redeclaring its queues.
 // Only a FatalError (its queues conflict with the broker's) is returned.
 func (s *subscriber) run(ctx context.Context, env *env) error {
+	// The gauges are the subscription's, not this subscriber's: set here,
+	// when it replaces the one before, not when a reload merely plans it.
+	s.metrics.Paused.Set(0)
+	s.metrics.CircuitOpen.Set(0)
 	backoff := env.e.MinBackoff
 	for {
 		started := time.Now()
@@ -120,6 +126,9 @@ func (s *subscriber) run(ctx context.Context, env *env) error {
 		var fatal *FatalError
 		if errors.As(err, &fatal) {
 			return err
+		}
+		if errors.Is(err, errReopen) {
+			continue
 		}
 		if time.Since(started) > env.e.MaxBackoff {
 			backoff = env.e.MinBackoff // it ran a good while: start over
@@ -266,10 +275,14 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 	}
 
 	// Attempts run in goroutines, at most `workers` at once; each reports
-	// its key ("" when unordered) when it is done. In an ordered
-	// subscription the later events of a key in flight wait in waiting,
-	// in queue order, and start one at a time.
-	finished := make(chan string, workers)
+	// when it is done, with its key in an ordered subscription. There the
+	// later events of a key in flight wait in waiting, in queue order, and
+	// start one at a time.
+	type done struct {
+		key   string
+		keyed bool
+	}
+	finished := make(chan done, workers)
 	busy := 0
 	waiting := map[string][]amqp.Delivery{}
 	run := func(d amqp.Delivery, key string) {
@@ -280,7 +293,7 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 			} else {
 				s.handle(ctx, env, &d)
 			}
-			finished <- key
+			finished <- done{key, k != nil}
 		}()
 	}
 	// dispatch starts d, or queues it behind its key's event in flight.
@@ -295,7 +308,7 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 			go func() {
 				ev := event.FromDelivery(&d, time.Now())
 				s.parkUnsent(env, &d, &ev, time.Now(), err.Error(), nil)
-				finished <- ""
+				finished <- done{}
 			}()
 			return
 		}
@@ -308,17 +321,21 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 	}
 	// settle waits for the attempts in flight first: a later event of
 	// their key must not go back to the queue, where another consumer
-	// could take it, before they are settled. Then it requeues what waits
-	// and what was prefetched (cancel: stopping the consumer first).
+	// could take it, before they are settled. Then it requeues what was
+	// prefetched (cancel: stopping the consumer first). An ordered
+	// subscription closes its channel instead: the broker then returns
+	// every unacked message in queue order before the next consumer gets
+	// any, where nacks one by one could reorder them (a quorum queue
+	// redelivers returned messages in the order they came back) and a
+	// cancelled single active consumer hands over while it still holds
+	// some.
 	settle := func(cancel bool) {
 		for ; busy > 0; busy-- {
 			<-finished
 		}
-		for _, queued := range waiting {
-			for _, d := range queued {
-				s.metrics.Requeued.Inc()
-				nack(&d, s.log)
-			}
+		if k != nil {
+			ch.Close()
+			return
 		}
 		if cancel {
 			requeue()
@@ -328,6 +345,14 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 			s.metrics.Requeued.Inc()
 			nack(&d, s.log)
 		}
+	}
+	// reopen is what consume returns when it stopped for a change of
+	// state: an ordered subscription closed its channel and needs another.
+	reopen := func() error {
+		if k != nil {
+			return errReopen
+		}
+		return nil
 	}
 	for {
 		var next <-chan amqp.Delivery
@@ -352,14 +377,14 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 				settle(false)
 				return err
 			}
-		case key := <-finished:
+		case f := <-finished:
 			busy--
-			if queued, ok := waiting[key]; ok && key != "" {
+			if queued, ok := waiting[f.key]; ok && f.keyed {
 				if len(queued) == 0 {
-					delete(waiting, key)
+					delete(waiting, f.key)
 				} else {
-					waiting[key] = queued[1:]
-					run(queued[0], key)
+					waiting[f.key] = queued[1:]
+					run(queued[0], f.key)
 				}
 			}
 			if err := subscribe(win.settled()); err != nil {
@@ -372,10 +397,10 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 		case <-s.pause:
 			settle(true)
 			s.log.Error("subscription paused: the endpoint answered 410 Gone; reload or restart to resume")
-			return nil
+			return reopen()
 		case <-s.breaker.changed:
 			settle(true)
-			return nil
+			return reopen()
 		case err := <-closed:
 			settle(false)
 			return fmt.Errorf("channel closed: %w", closedErr(err))
