@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
 	"strconv"
 	"text/tabwriter"
@@ -234,20 +233,18 @@ func (a *app) attemptsCommand() *cobra.Command {
 			err = journal.Read(cmd.Context(), conn, cfg.AttemptsStream(), w, func(d *amqp.Delivery) error {
 				read++
 				prog.show("read %d attempt(s), %d listed", read, listed)
-				var at journal.Attempt
-				if json.Unmarshal(d.Body, &at) != nil {
-					return nil // not a record warren wrote
+				for _, at := range journal.Attempts(d) {
+					if sub != "" && at.Subscription != sub || eventID != "" && at.EventID != eventID || outcome != "" && at.Outcome != outcome {
+						continue
+					}
+					status := "-"
+					if at.Status != 0 {
+						status = strconv.Itoa(at.Status)
+					}
+					fmt.Fprintf(out, "%s\t%s\t%s\t%s\t%d\t%s\t%dms\t%s\t%s\n", stamp(at.At), at.Subscription, at.EventID, at.Type,
+						at.Attempt, status, at.DurationMS, at.Outcome, strconv.Quote(at.Error))
+					listed++
 				}
-				if sub != "" && at.Subscription != sub || eventID != "" && at.EventID != eventID || outcome != "" && at.Outcome != outcome {
-					return nil
-				}
-				status := "-"
-				if at.Status != 0 {
-					status = strconv.Itoa(at.Status)
-				}
-				fmt.Fprintf(out, "%s\t%s\t%s\t%s\t%d\t%s\t%dms\t%s\t%s\n", stamp(at.At), at.Subscription, at.EventID, at.Type,
-					at.Attempt, status, at.DurationMS, at.Outcome, strconv.Quote(at.Error))
-				listed++
 				return nil
 			})
 			prog.done()

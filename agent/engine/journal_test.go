@@ -2,7 +2,6 @@ package engine_test
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"testing"
 	"time"
@@ -39,12 +38,10 @@ func TestJournalRecordsAttemptsAndReplayPassesDedup(t *testing.T) {
 	for len(outcomes) < 2 && time.Now().Before(deadline) {
 		outcomes = nil
 		err := journal.Read(context.Background(), conn, cfg.AttemptsStream(), journal.Window{}, func(d *amqp.Delivery) error {
-			var a journal.Attempt
-			if err := json.Unmarshal(d.Body, &a); err != nil {
-				return err
-			}
-			if a.EventID == "evt_j" && a.Subscription == "journaled" {
-				outcomes = append(outcomes, a.Outcome+"/"+http.StatusText(a.Status))
+			for _, a := range journal.Attempts(d) {
+				if a.EventID == "evt_j" && a.Subscription == "journaled" {
+					outcomes = append(outcomes, a.Outcome+"/"+http.StatusText(a.Status))
+				}
 			}
 			return nil
 		})

@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -226,24 +227,42 @@ func (r *Recorder) flush(ctx context.Context, pub *confirmer, all bool) error {
 func (r *Recorder) publish(ctx context.Context, pub *confirmer, batch []Attempt) error {
 	ctx, cancel := context.WithTimeout(ctx, flushTimeout)
 	defer cancel()
+	// One message per batch, one JSON record per line: the broker's cost
+	// is per message, and a message per attempt made the journal slow
+	// delivery down by a fifth.
+	var body bytes.Buffer
+	enc := json.NewEncoder(&body)
 	for _, a := range batch {
-		body, err := json.Marshal(a)
-		if err != nil {
-			return err
-		}
-		err = pub.publish(ctx, "", r.stream, amqp.Publishing{
-			ContentType:  "application/json",
-			DeliveryMode: amqp.Persistent,
-			MessageId:    a.EventID + "/" + a.Subscription + "/" + strconv.Itoa(a.Attempt),
-			Timestamp:    a.At,
-			Type:         a.Outcome,
-			Body:         body,
-		})
-		if err != nil {
+		if err := enc.Encode(a); err != nil {
 			return err
 		}
 	}
+	first := batch[0]
+	err := pub.publish(ctx, "", r.stream, amqp.Publishing{
+		ContentType:  "application/x-ndjson",
+		DeliveryMode: amqp.Persistent,
+		MessageId:    first.EventID + "/" + first.Subscription + "/" + strconv.Itoa(first.Attempt) + "+" + strconv.Itoa(len(batch)-1),
+		Timestamp:    first.At,
+		Body:         body.Bytes(),
+	})
+	if err != nil {
+		return err
+	}
 	return pub.wait(ctx)
+}
+
+// Attempts reads the records of one message of P.attempts; a message that
+// is not one warren wrote gives none.
+func Attempts(d *amqp.Delivery) []Attempt {
+	var out []Attempt
+	dec := json.NewDecoder(bytes.NewReader(d.Body))
+	for {
+		var a Attempt
+		if dec.Decode(&a) != nil {
+			return out
+		}
+		out = append(out, a)
+	}
 }
 
 // Close stops Run after a final flush and waits for it; records after
