@@ -593,9 +593,6 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// MetricsOf returns the metrics e reports to.
-func MetricsOf(e *Engine) *metrics.Metrics { return e.metrics }
-
 // settleStartup hands the garbage of starting up (thousands of declares
 // and consumers) back to the operating system once every subscription
 // consumes, so that an idle warren's RSS is what it holds, not what it
