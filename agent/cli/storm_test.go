@@ -78,7 +78,7 @@ subscriptions:
 	for _, d := range s.Tiers() {
 		moving = append(moving, cfg.RetryQueue(d))
 	}
-	waitStaysEmpty(t, conn, moving, 60*time.Second)
+	waitStaysEmpty(t, moving, 60*time.Second)
 	second.signal(t, syscall.SIGTERM)
 	if code := second.wait(t, 30*time.Second); code != 0 {
 		t.Errorf("second warren exited %d after SIGTERM, want 0", code)

@@ -91,7 +91,7 @@ func (c *Client) Send(ctx context.Context, ep *Endpoint, ev *event.Event, now ti
 	res := Result{Status: resp.StatusCode}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		preview, _ := io.ReadAll(io.LimitReader(resp.Body, bodyPreview))
-		res.Err = statusError(resp.StatusCode, preview)
+		res.Err = statusError(resp.StatusCode, ep.scrub(string(preview)))
 		res.RetryAfter = retryAfter(resp.Header.Get("Retry-After"), now)
 	}
 	// Drain (bounded) and close so the connection goes back to the pool. A
@@ -104,9 +104,9 @@ func (c *Client) Send(ctx context.Context, ep *Endpoint, ev *event.Event, now ti
 
 // statusError keeps the start of the response body for logs and the
 // warren-last-error header, cleaned of control characters.
-func statusError(status int, preview []byte) error {
+func statusError(status int, preview string) error {
 	msg := "HTTP " + strconv.Itoa(status)
-	if s := clean(string(preview)); s != "" {
+	if s := clean(preview); s != "" {
 		msg += ": " + s
 	}
 	return errors.New(msg)

@@ -39,6 +39,18 @@ type Endpoint struct {
 	UserAgent string
 
 	parsed *url.URL // URL, parsed once; nil if it does not parse
+	// secrets are what an endpoint echoing its request back must not get
+	// into logs and copies: configured header values, the URL's query
+	// values and path segments after the first.
+	secrets []string
+}
+
+// scrub masks the endpoint's secrets in text the endpoint sent.
+func (ep *Endpoint) scrub(text string) string {
+	for _, sec := range ep.secrets {
+		text = strings.ReplaceAll(text, sec, "xxxxx")
+	}
+	return text
 }
 
 // NewEndpoint prepares a subscription's endpoint.
@@ -48,6 +60,21 @@ func NewEndpoint(s config.Subscription, userAgent string) *Endpoint {
 	ep.parsed, _ = url.Parse(s.URL)
 	for k, v := range s.Headers {
 		ep.Header.Set(k, v)
+		ep.addSecret(v)
+		if _, token, ok := strings.Cut(v, " "); ok {
+			ep.addSecret(token) // "Bearer <token>"
+		}
+	}
+	if ep.parsed != nil {
+		for _, vs := range ep.parsed.Query() {
+			for _, v := range vs {
+				ep.addSecret(v)
+			}
+		}
+		segments := strings.Split(strings.Trim(ep.parsed.Path, "/"), "/")
+		for _, seg := range segments[min(1, len(segments)):] {
+			ep.addSecret(seg)
+		}
 	}
 	if len(s.Secrets) > 0 {
 		keys := make([]signing.Key, len(s.Secrets))
@@ -206,6 +233,13 @@ func (ep *Endpoint) NewRequest(ctx context.Context, ev *event.Event, now time.Ti
 // flushing the headers, which costs a second syscall per request. Copying
 // a small body is cheaper than that; a large one is sent in parts.
 const joinBelow = 64 << 10
+
+// addSecret remembers v for scrub; short values are too common to mask.
+func (ep *Endpoint) addSecret(v string) {
+	if len(v) >= 6 {
+		ep.secrets = append(ep.secrets, v)
+	}
+}
 
 // newRequest is http.NewRequestWithContext without parsing the URL again
 // for every attempt.

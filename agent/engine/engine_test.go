@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -332,7 +333,13 @@ func TestTopologyConflictStopsEngine(t *testing.T) {
 // neither the logs nor the parked copies reveal a secret.
 func TestLogsAndCopiesNeverShowSecrets(t *testing.T) {
 	const token = "sekret-token-123"
-	rc := warrentest.NewReceiver(t, func(int, *http.Request) int { return http.StatusInternalServerError })
+	// The endpoint answers 500 and echoes what it got, as some do: the
+	// token in its URL and headers must not reach logs or copies that way.
+	rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusInternalServerError)
+		fmt.Fprintf(w, "bad request to %s with %s", r.URL.RawQuery, r.Header.Get("Authorization"))
+	}))
+	t.Cleanup(rc.Close)
 	refused := warrentest.NewReceiver(t, nil)
 	refusedURL := refused.URL
 	refused.Close()

@@ -1046,7 +1046,8 @@ func TestRedeliveryAfterLostAckIsDeduplicated(t *testing.T) {
 	answer()
 
 	rsWait(t, 30*time.Second, "the redelivery to be acked by the dedup window", func() bool { return e.logs.count(rsMsgDuplicate) == 1 })
-	time.Sleep(200 * time.Millisecond)
+	// Nothing ready or unacked is left that could still become a request.
+	warrentest.WaitSettled(t, cfg, 10*time.Second)
 	e.Stop(t)
 
 	if n := ids.requests(); n != 1 {

@@ -354,21 +354,10 @@ func WaitSettled(t testing.TB, cfg *config.Config, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		out, err := exec.Command("rabbitmqctl", "-q", "list_queues", "name", "messages", "--formatter", "json").Output()
-		if err != nil {
-			t.Fatalf("rabbitmqctl list_queues: %v", err)
-		}
-		var queues []struct {
-			Name     string `json:"name"`
-			Messages int    `json:"messages"`
-		}
-		if err := json.Unmarshal(out, &queues); err != nil {
-			t.Fatalf("rabbitmqctl list_queues: %v", err)
-		}
 		busy := ""
-		for _, q := range queues {
-			if strings.HasPrefix(q.Name, cfg.Broker.QueuePrefix+".") && !strings.HasSuffix(q.Name, ".dead") && q.Messages > 0 {
-				busy = fmt.Sprintf("%s holds %d", q.Name, q.Messages)
+		for name, n := range Messages(t, cfg.Broker.QueuePrefix+".") {
+			if n > 0 && !strings.HasSuffix(name, ".dead") {
+				busy = fmt.Sprintf("%s holds %d", name, n)
 			}
 		}
 		if busy == "" {
@@ -379,6 +368,31 @@ func WaitSettled(t testing.TB, cfg *config.Config, timeout time.Duration) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// Messages maps each queue whose name starts with prefix to the messages
+// it holds, ready and unacked: what a passive declare, which counts ready
+// messages only, cannot tell.
+func Messages(t testing.TB, prefix string) map[string]int {
+	t.Helper()
+	out, err := exec.Command("rabbitmqctl", "-q", "list_queues", "name", "messages", "--formatter", "json").Output()
+	if err != nil {
+		t.Fatalf("rabbitmqctl list_queues: %v", err)
+	}
+	var queues []struct {
+		Name     string `json:"name"`
+		Messages int    `json:"messages"`
+	}
+	if err := json.Unmarshal(out, &queues); err != nil {
+		t.Fatalf("rabbitmqctl list_queues: %v", err)
+	}
+	held := map[string]int{}
+	for _, q := range queues {
+		if strings.HasPrefix(q.Name, prefix) {
+			held[q.Name] = q.Messages
+		}
+	}
+	return held
 }
 
 // queuesUnder lists the broker's queues whose names start with prefix.
