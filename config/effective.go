@@ -18,6 +18,10 @@ import (
 func (c *Config) Effective() []byte {
 	view := *c
 	view.Broker.URL = RedactURL(c.Broker.URL)
+	if view.Broker.TLS.MinVersion == "" {
+		// broker.tls is empty unless written, so the default is shown here.
+		view.Broker.TLS.MinVersion = TLS12
+	}
 	view.Broker.URLs = make([]string, len(c.Broker.URLs))
 	for i, u := range c.Broker.URLs {
 		view.Broker.URLs[i] = RedactURL(u)

@@ -175,6 +175,9 @@ func (v *checker) tls(path string, t TLS, own func(key string) bool) {
 			v.add(path+"."+f.key, "cannot read file: %s (got %q, want a readable PEM file)", err, f.file)
 		}
 	}
+	if own("tls.min_version") && t.MinVersion != TLS12 && t.MinVersion != TLS13 && t.MinVersion != "" {
+		v.add(path+".min_version", "unsupported TLS version (got %q, want 1.2 or 1.3)", t.MinVersion)
+	}
 	switch {
 	case t.CertFile != "" && t.KeyFile == "" && (own("tls.cert_file") || own("tls.key_file")):
 		v.add(path+".key_file", "missing (want key_file with cert_file, or neither)")

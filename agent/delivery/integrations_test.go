@@ -311,6 +311,47 @@ func TestMutualTLS(t *testing.T) {
 	}
 }
 
+// TestMinVersion: with min_version 1.3 an endpoint that speaks at most
+// TLS 1.2 is a transport error; with 1.2 it is reached.
+func TestMinVersion(t *testing.T) {
+	dir := t.TempDir()
+	ca, caKey := newCert(t, dir, "ca", nil, nil)
+	newCert(t, dir, "server", ca, caKey)
+	serverCert, err := tlsKeyPair(dir, "server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var served atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { served.Add(1) }))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert}, MaxVersion: tls.VersionTLS12}
+	srv.StartTLS()
+	defer srv.Close()
+
+	send := func(minVersion string) Result {
+		tlsConf := config.TLS{CAFile: filepath.Join(dir, "ca.pem"), MinVersion: minVersion}
+		s := config.Subscription{URL: srv.URL, Options: config.Options{Concurrency: 1, Timeout: 2 * time.Second, TLS: tlsConf}}
+		c := NewClient(s)
+		defer c.Close()
+		return c.Send(context.Background(), testEndpoint(t, config.FormatRaw, srv.URL), testEvent(), time.Now())
+	}
+	if res := send(config.TLS13); res.Err == nil || res.Invalid || res.Status != 0 {
+		t.Errorf("min_version 1.3 to a TLS 1.2 endpoint: Send = %+v, want a transport error", res)
+	} else if !strings.Contains(res.Err.Error(), "protocol version") {
+		t.Errorf("min_version 1.3: error %q, want it to name the protocol version", res.Err)
+	}
+	if n := served.Load(); n != 0 {
+		t.Fatalf("endpoint served %d requests over TLS 1.2 to a 1.3-only client", n)
+	}
+	for _, v := range []string{config.TLS12, ""} {
+		if res := send(v); res.Status != 200 {
+			t.Errorf("min_version %q: Send = %+v, want 200", v, res)
+		}
+	}
+	if n := served.Load(); n != 2 {
+		t.Errorf("endpoint served %d requests, want 2", n)
+	}
+}
+
 // newCert writes name.pem and name-key.pem, signed by parent (self-signed
 // CA when parent is nil), valid for 127.0.0.1 and localhost.
 func newCert(t *testing.T, dir, name string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (*x509.Certificate, *ecdsa.PrivateKey) {
@@ -378,9 +419,11 @@ func TestSharedTransports(t *testing.T) {
 		NewClient(sub("https://merchants.test:8080/", config.TLS{ServerName: "other"})),
 		NewClient(sub("http://other.test:8080/", config.TLS{})),
 		NewClient(sub("http://MERCHANTS.test:8080/x", config.TLS{ServerName: "ignored for http"})),
+		NewClient(sub("https://merchants.test:8080/", config.TLS{MinVersion: config.TLS12})),
+		NewClient(sub("https://merchants.test:8080/", config.TLS{MinVersion: config.TLS13})),
 	)
-	if n := count() - before; n != 4 {
-		t.Errorf("%d transports, want 4 (http, https, https with server_name, another host)", n)
+	if n := count() - before; n != 5 {
+		t.Errorf("%d transports, want 5 (http, https, https with server_name, another host, https with min_version 1.3)", n)
 	}
 	for _, c := range clients {
 		c.Close()

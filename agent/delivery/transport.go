@@ -69,6 +69,9 @@ func acquire(s config.Subscription) (*sharedTransport, error) {
 	key := transportKey{scheme: u.Scheme, host: strings.ToLower(u.Host)}
 	if u.Scheme == "https" {
 		key.tls = s.TLS
+		if key.tls.MinVersion == "" {
+			key.tls.MinVersion = config.TLS12 // the same transport as written out
+		}
 	}
 	transports.Lock()
 	defer transports.Unlock()
@@ -107,9 +110,10 @@ func release(st *sharedTransport) {
 }
 
 // clientTLS builds the TLS settings of an https:// endpoint: its CA (else
-// the system's), a client certificate for mutual TLS, a server name.
+// the system's), a client certificate for mutual TLS, a server name, the
+// oldest TLS version.
 func clientTLS(t config.TLS) (*tls.Config, error) {
-	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName}
+	c := &tls.Config{MinVersion: t.Version(), ServerName: t.ServerName}
 	if t.CAFile != "" {
 		pem, err := os.ReadFile(t.CAFile)
 		if err != nil {
