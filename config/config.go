@@ -126,6 +126,9 @@ type Options struct {
 	ForwardHeaders []string `yaml:"forward_headers"`
 	// TLS is the client side of https:// endpoints: CA, client certificate.
 	TLS TLS `yaml:"tls"`
+	// Proxy is an http:// or https:// forward proxy for the endpoint; ""
+	// uses HTTPS_PROXY, HTTP_PROXY and NO_PROXY from the environment.
+	Proxy string `yaml:"proxy"`
 	// APIVersion delivers only events whose api_version header equals it,
 	// and events without one; "" delivers every version.
 	APIVersion string `yaml:"api_version"`

@@ -186,6 +186,22 @@ func (v *checker) tls(path string, t TLS, own func(key string) bool) {
 	}
 }
 
+// proxy checks a forward proxy's URL, the way net/http will use it.
+func (v *checker) proxy(path, raw string) {
+	const want = `want http://host:port or https://host:port, or "" for HTTPS_PROXY from the environment`
+	u, err := parseURL(raw)
+	switch {
+	case err != nil:
+		v.add(path, "invalid URL: %s (got %q, %s)", err, maskURL(raw), want)
+	case u.Scheme != "http" && u.Scheme != "https":
+		v.add(path, "unsupported scheme (got %q, %s)", maskURL(raw), want)
+	case u.Host == "":
+		v.add(path, "missing host (got %q, %s)", maskURL(raw), want)
+	case strings.ContainsAny(raw, " \t"):
+		v.add(path, "contains whitespace (got %q, %s)", maskURL(raw), want)
+	}
+}
+
 // readable opens file the way the broker session will, so that a missing or
 // unreadable certificate stops the config here rather than at connect time.
 func readable(file string) error {
@@ -297,6 +313,9 @@ func (v *checker) options(path string, o Options, own func(key string) bool) {
 		v.forwardHeaders(at("forward_headers"), o.ForwardHeaders)
 	}
 	v.tls(at("tls"), o.TLS, own)
+	if own("proxy") && o.Proxy != "" {
+		v.proxy(at("proxy"), o.Proxy)
+	}
 	if own("circuit_breaker.cooldown") && o.CircuitBreaker.Cooldown <= 0 {
 		v.add(at("circuit_breaker.cooldown"), "must be positive (got %q, want a duration such as 30s)", DelayName(o.CircuitBreaker.Cooldown))
 	}

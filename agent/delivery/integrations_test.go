@@ -352,6 +352,64 @@ func TestMinVersion(t *testing.T) {
 	}
 }
 
+// TestProxy: with proxy set, attempts go through that forward proxy, even
+// to a loopback endpoint (which the environment's proxy never takes).
+func TestProxy(t *testing.T) {
+	rec := newRecorder(t)
+	var proxied atomic.Int64
+	forward := &http.Transport{} // the proxy itself goes direct
+	defer forward.CloseIdleConnections()
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !r.URL.IsAbs() {
+			http.Error(w, "not a proxy request: "+r.RequestURI, http.StatusBadRequest)
+			return
+		}
+		proxied.Add(1)
+		out := r.Clone(r.Context())
+		out.RequestURI = ""
+		resp, err := forward.RoundTrip(out)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		w.Header().Set("X-Proxied", "yes")
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, resp.Body)
+	}))
+	defer proxy.Close()
+
+	send := func(proxyURL string) Result {
+		s := config.Subscription{URL: rec.srv.URL, Options: config.Options{Concurrency: 1, Timeout: 2 * time.Second, Proxy: proxyURL}}
+		c := NewClient(s)
+		defer c.Close()
+		return c.Send(context.Background(), testEndpoint(t, config.FormatRaw, rec.srv.URL+"/hooks"), testEvent(), time.Now())
+	}
+	if res := send(proxy.URL); res.Status != 200 {
+		t.Fatalf("through the proxy: Send = %+v, want 200", res)
+	}
+	if p, n := proxied.Load(), rec.count(); p != 1 || n != 1 {
+		t.Fatalf("proxy forwarded %d requests, endpoint received %d; want 1 and 1", p, n)
+	}
+	if got := rec.last().URL.Path; got != "/hooks" {
+		t.Errorf("endpoint got path %q, want /hooks", got)
+	}
+	if res := send(""); res.Status != 200 || proxied.Load() != 1 || rec.count() != 2 {
+		t.Errorf("without proxy: Send = %+v, proxied %d, received %d; want 200, 1, 2", res, proxied.Load(), rec.count())
+	}
+
+	// A proxy that is down fails the attempt instead of going direct.
+	down := httptest.NewServer(http.NotFoundHandler())
+	downURL := down.URL
+	down.Close()
+	if res := send(downURL); res.Err == nil || res.Status != 0 {
+		t.Errorf("proxy down: Send = %+v, want a transport error", res)
+	}
+	if n := rec.count(); n != 2 {
+		t.Errorf("endpoint received %d requests, want 2", n)
+	}
+}
+
 // newCert writes name.pem and name-key.pem, signed by parent (self-signed
 // CA when parent is nil), valid for 127.0.0.1 and localhost.
 func newCert(t *testing.T, dir, name string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (*x509.Certificate, *ecdsa.PrivateKey) {
@@ -421,9 +479,10 @@ func TestSharedTransports(t *testing.T) {
 		NewClient(sub("http://MERCHANTS.test:8080/x", config.TLS{ServerName: "ignored for http"})),
 		NewClient(sub("https://merchants.test:8080/", config.TLS{MinVersion: config.TLS12})),
 		NewClient(sub("https://merchants.test:8080/", config.TLS{MinVersion: config.TLS13})),
+		NewClient(config.Subscription{URL: "http://merchants.test:8080/", Options: config.Options{Concurrency: 1, Proxy: "http://proxy.test:3128"}}),
 	)
-	if n := count() - before; n != 5 {
-		t.Errorf("%d transports, want 5 (http, https, https with server_name, another host, https with min_version 1.3)", n)
+	if n := count() - before; n != 6 {
+		t.Errorf("%d transports, want 6 (http, https, https with server_name, another host, https with min_version 1.3, http by proxy)", n)
 	}
 	for _, c := range clients {
 		c.Close()

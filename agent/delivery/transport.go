@@ -35,10 +35,11 @@ const (
 )
 
 // transportKey is what decides whether two subscriptions can share
-// connections: the same scheme, host and port, and TLS settings.
+// connections: the same scheme, host and port, TLS settings and proxy.
 type transportKey struct {
 	scheme, host string
 	tls          config.TLS
+	proxy        string
 }
 
 type sharedTransport struct {
@@ -66,7 +67,7 @@ func acquire(s config.Subscription) (*sharedTransport, error) {
 	if err != nil {
 		return nil, err
 	}
-	key := transportKey{scheme: u.Scheme, host: strings.ToLower(u.Host)}
+	key := transportKey{scheme: u.Scheme, host: strings.ToLower(u.Host), proxy: s.Proxy}
 	if u.Scheme == "https" {
 		key.tls = s.TLS
 		if key.tls.MinVersion == "" {
@@ -89,6 +90,15 @@ func acquire(s config.Subscription) (*sharedTransport, error) {
 		IdleConnTimeout:        idleTimeout,
 		MaxResponseHeaderBytes: maxResponseHeaderBytes,
 		ExpectContinueTimeout:  time.Second,
+	}
+	if s.Proxy != "" {
+		// Written proxies are used as they are: NO_PROXY is for the
+		// environment's.
+		pu, err := url.Parse(s.Proxy)
+		if err != nil {
+			return nil, errors.New("invalid proxy URL") // the URL may hold a password
+		}
+		tr.Proxy = http.ProxyURL(pu)
 	}
 	if key.tls != (config.TLS{}) {
 		if tr.TLSClientConfig, err = clientTLS(key.tls); err != nil {
