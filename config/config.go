@@ -5,6 +5,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"fmt"
 	"slices"
 	"strings"
@@ -68,6 +69,23 @@ type TLS struct {
 	CertFile   string `yaml:"cert_file"`
 	KeyFile    string `yaml:"key_file"`
 	ServerName string `yaml:"server_name"`
+	// MinVersion is the oldest TLS version accepted: "1.2" or "1.3"; ""
+	// means 1.2.
+	MinVersion string `yaml:"min_version"`
+}
+
+// TLS versions min_version may name.
+const (
+	TLS12 = "1.2"
+	TLS13 = "1.3"
+)
+
+// Version returns MinVersion as a crypto/tls version number.
+func (t TLS) Version() uint16 {
+	if t.MinVersion == TLS13 {
+		return tls.VersionTLS13
+	}
+	return tls.VersionTLS12
 }
 
 // Server configures the warren process itself.
@@ -108,6 +126,9 @@ type Options struct {
 	ForwardHeaders []string `yaml:"forward_headers"`
 	// TLS is the client side of https:// endpoints: CA, client certificate.
 	TLS TLS `yaml:"tls"`
+	// Proxy is an http:// or https:// forward proxy for the endpoint; ""
+	// uses HTTPS_PROXY, HTTP_PROXY and NO_PROXY from the environment.
+	Proxy string `yaml:"proxy"`
 	// APIVersion delivers only events whose api_version header equals it,
 	// and events without one; "" delivers every version.
 	APIVersion string `yaml:"api_version"`
@@ -208,6 +229,7 @@ func Default() Config {
 			},
 			CircuitBreaker: CircuitBreaker{Cooldown: 30 * time.Second},
 			ForwardHeaders: []string{},
+			TLS:            TLS{MinVersion: TLS12},
 			Priority:       PriorityNormal,
 		},
 	}

@@ -18,6 +18,11 @@ import (
 func (c *Config) Effective() []byte {
 	view := *c
 	view.Broker.URL = RedactURL(c.Broker.URL)
+	if view.Broker.TLS.MinVersion == "" {
+		// broker.tls is empty unless written, so the default is shown here.
+		view.Broker.TLS.MinVersion = TLS12
+	}
+	view.Defaults.Proxy = redactProxy(c.Defaults.Proxy)
 	view.Broker.URLs = make([]string, len(c.Broker.URLs))
 	for i, u := range c.Broker.URLs {
 		view.Broker.URLs[i] = RedactURL(u)
@@ -31,7 +36,7 @@ func (c *Config) Effective() []byte {
 			}
 			headers[name] = value
 		}
-		s.URL, s.Headers = EndpointURL(s.URL), headers
+		s.URL, s.Headers, s.Proxy = EndpointURL(s.URL), headers, redactProxy(s.Proxy)
 		view.Subscriptions[i] = s
 	}
 	root := encode(reflect.ValueOf(view))
@@ -51,6 +56,14 @@ func (c *Config) Effective() []byte {
 		panic("config: render effective config: " + err.Error())
 	}
 	return buf.Bytes()
+}
+
+// redactProxy hides a proxy's password; "" stays "".
+func redactProxy(raw string) string {
+	if raw == "" {
+		return ""
+	}
+	return RedactURL(raw)
 }
 
 // dropKey removes key and its value from mapping n.

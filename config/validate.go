@@ -175,11 +175,30 @@ func (v *checker) tls(path string, t TLS, own func(key string) bool) {
 			v.add(path+"."+f.key, "cannot read file: %s (got %q, want a readable PEM file)", err, f.file)
 		}
 	}
+	if own("tls.min_version") && t.MinVersion != TLS12 && t.MinVersion != TLS13 && t.MinVersion != "" {
+		v.add(path+".min_version", "unsupported TLS version (got %q, want 1.2 or 1.3)", t.MinVersion)
+	}
 	switch {
 	case t.CertFile != "" && t.KeyFile == "" && (own("tls.cert_file") || own("tls.key_file")):
 		v.add(path+".key_file", "missing (want key_file with cert_file, or neither)")
 	case t.KeyFile != "" && t.CertFile == "" && (own("tls.cert_file") || own("tls.key_file")):
 		v.add(path+".cert_file", "missing (want cert_file with key_file, or neither)")
+	}
+}
+
+// proxy checks a forward proxy's URL, the way net/http will use it.
+func (v *checker) proxy(path, raw string) {
+	const want = `want http://host:port or https://host:port, or "" for HTTPS_PROXY from the environment`
+	u, err := parseURL(raw)
+	switch {
+	case err != nil:
+		v.add(path, "invalid URL: %s (got %q, %s)", err, maskURL(raw), want)
+	case u.Scheme != "http" && u.Scheme != "https":
+		v.add(path, "unsupported scheme (got %q, %s)", maskURL(raw), want)
+	case u.Host == "":
+		v.add(path, "missing host (got %q, %s)", maskURL(raw), want)
+	case strings.ContainsAny(raw, " \t"):
+		v.add(path, "contains whitespace (got %q, %s)", maskURL(raw), want)
 	}
 }
 
@@ -294,6 +313,9 @@ func (v *checker) options(path string, o Options, own func(key string) bool) {
 		v.forwardHeaders(at("forward_headers"), o.ForwardHeaders)
 	}
 	v.tls(at("tls"), o.TLS, own)
+	if own("proxy") && o.Proxy != "" {
+		v.proxy(at("proxy"), o.Proxy)
+	}
 	if own("circuit_breaker.cooldown") && o.CircuitBreaker.Cooldown <= 0 {
 		v.add(at("circuit_breaker.cooldown"), "must be positive (got %q, want a duration such as 30s)", DelayName(o.CircuitBreaker.Cooldown))
 	}

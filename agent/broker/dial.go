@@ -227,7 +227,7 @@ func tlsConfig(t config.TLS) (*tls.Config, error) {
 	if t == (config.TLS{}) {
 		return nil, nil
 	}
-	c := &tls.Config{ServerName: t.ServerName, MinVersion: tls.VersionTLS12}
+	c := &tls.Config{ServerName: t.ServerName, MinVersion: t.Version()}
 	if t.CAFile != "" {
 		pem, err := os.ReadFile(t.CAFile)
 		if err != nil {

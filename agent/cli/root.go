@@ -113,6 +113,7 @@ func (a *app) rootCommand() *cobra.Command {
 		a.replayCommand(),
 		a.attemptsCommand(),
 		a.listenCommand(),
+		a.keysCommand(),
 		a.versionCommand(),
 	)
 	return root

@@ -311,6 +311,105 @@ func TestMutualTLS(t *testing.T) {
 	}
 }
 
+// TestMinVersion: with min_version 1.3 an endpoint that speaks at most
+// TLS 1.2 is a transport error; with 1.2 it is reached.
+func TestMinVersion(t *testing.T) {
+	dir := t.TempDir()
+	ca, caKey := newCert(t, dir, "ca", nil, nil)
+	newCert(t, dir, "server", ca, caKey)
+	serverCert, err := tlsKeyPair(dir, "server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var served atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { served.Add(1) }))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert}, MaxVersion: tls.VersionTLS12}
+	srv.StartTLS()
+	defer srv.Close()
+
+	send := func(minVersion string) Result {
+		tlsConf := config.TLS{CAFile: filepath.Join(dir, "ca.pem"), MinVersion: minVersion}
+		s := config.Subscription{URL: srv.URL, Options: config.Options{Concurrency: 1, Timeout: 2 * time.Second, TLS: tlsConf}}
+		c := NewClient(s)
+		defer c.Close()
+		return c.Send(context.Background(), testEndpoint(t, config.FormatRaw, srv.URL), testEvent(), time.Now())
+	}
+	if res := send(config.TLS13); res.Err == nil || res.Invalid || res.Status != 0 {
+		t.Errorf("min_version 1.3 to a TLS 1.2 endpoint: Send = %+v, want a transport error", res)
+	} else if !strings.Contains(res.Err.Error(), "protocol version") {
+		t.Errorf("min_version 1.3: error %q, want it to name the protocol version", res.Err)
+	}
+	if n := served.Load(); n != 0 {
+		t.Fatalf("endpoint served %d requests over TLS 1.2 to a 1.3-only client", n)
+	}
+	for _, v := range []string{config.TLS12, ""} {
+		if res := send(v); res.Status != 200 {
+			t.Errorf("min_version %q: Send = %+v, want 200", v, res)
+		}
+	}
+	if n := served.Load(); n != 2 {
+		t.Errorf("endpoint served %d requests, want 2", n)
+	}
+}
+
+// TestProxy: with proxy set, attempts go through that forward proxy, even
+// to a loopback endpoint (which the environment's proxy never takes).
+func TestProxy(t *testing.T) {
+	rec := newRecorder(t)
+	var proxied atomic.Int64
+	forward := &http.Transport{} // the proxy itself goes direct
+	defer forward.CloseIdleConnections()
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !r.URL.IsAbs() {
+			http.Error(w, "not a proxy request: "+r.RequestURI, http.StatusBadRequest)
+			return
+		}
+		proxied.Add(1)
+		out := r.Clone(r.Context())
+		out.RequestURI = ""
+		resp, err := forward.RoundTrip(out)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		w.Header().Set("X-Proxied", "yes")
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, resp.Body)
+	}))
+	defer proxy.Close()
+
+	send := func(proxyURL string) Result {
+		s := config.Subscription{URL: rec.srv.URL, Options: config.Options{Concurrency: 1, Timeout: 2 * time.Second, Proxy: proxyURL}}
+		c := NewClient(s)
+		defer c.Close()
+		return c.Send(context.Background(), testEndpoint(t, config.FormatRaw, rec.srv.URL+"/hooks"), testEvent(), time.Now())
+	}
+	if res := send(proxy.URL); res.Status != 200 {
+		t.Fatalf("through the proxy: Send = %+v, want 200", res)
+	}
+	if p, n := proxied.Load(), rec.count(); p != 1 || n != 1 {
+		t.Fatalf("proxy forwarded %d requests, endpoint received %d; want 1 and 1", p, n)
+	}
+	if got := rec.last().URL.Path; got != "/hooks" {
+		t.Errorf("endpoint got path %q, want /hooks", got)
+	}
+	if res := send(""); res.Status != 200 || proxied.Load() != 1 || rec.count() != 2 {
+		t.Errorf("without proxy: Send = %+v, proxied %d, received %d; want 200, 1, 2", res, proxied.Load(), rec.count())
+	}
+
+	// A proxy that is down fails the attempt instead of going direct.
+	down := httptest.NewServer(http.NotFoundHandler())
+	downURL := down.URL
+	down.Close()
+	if res := send(downURL); res.Err == nil || res.Status != 0 {
+		t.Errorf("proxy down: Send = %+v, want a transport error", res)
+	}
+	if n := rec.count(); n != 2 {
+		t.Errorf("endpoint received %d requests, want 2", n)
+	}
+}
+
 // newCert writes name.pem and name-key.pem, signed by parent (self-signed
 // CA when parent is nil), valid for 127.0.0.1 and localhost.
 func newCert(t *testing.T, dir, name string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (*x509.Certificate, *ecdsa.PrivateKey) {
@@ -378,9 +477,12 @@ func TestSharedTransports(t *testing.T) {
 		NewClient(sub("https://merchants.test:8080/", config.TLS{ServerName: "other"})),
 		NewClient(sub("http://other.test:8080/", config.TLS{})),
 		NewClient(sub("http://MERCHANTS.test:8080/x", config.TLS{ServerName: "ignored for http"})),
+		NewClient(sub("https://merchants.test:8080/", config.TLS{MinVersion: config.TLS12})),
+		NewClient(sub("https://merchants.test:8080/", config.TLS{MinVersion: config.TLS13})),
+		NewClient(config.Subscription{URL: "http://merchants.test:8080/", Options: config.Options{Concurrency: 1, Proxy: "http://proxy.test:3128"}}),
 	)
-	if n := count() - before; n != 4 {
-		t.Errorf("%d transports, want 4 (http, https, https with server_name, another host)", n)
+	if n := count() - before; n != 6 {
+		t.Errorf("%d transports, want 6 (http, https, https with server_name, another host, https with min_version 1.3, http by proxy)", n)
 	}
 	for _, c := range clients {
 		c.Close()

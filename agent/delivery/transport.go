@@ -35,10 +35,11 @@ const (
 )
 
 // transportKey is what decides whether two subscriptions can share
-// connections: the same scheme, host and port, and TLS settings.
+// connections: the same scheme, host and port, TLS settings and proxy.
 type transportKey struct {
 	scheme, host string
 	tls          config.TLS
+	proxy        string
 }
 
 type sharedTransport struct {
@@ -66,9 +67,12 @@ func acquire(s config.Subscription) (*sharedTransport, error) {
 	if err != nil {
 		return nil, err
 	}
-	key := transportKey{scheme: u.Scheme, host: strings.ToLower(u.Host)}
+	key := transportKey{scheme: u.Scheme, host: strings.ToLower(u.Host), proxy: s.Proxy}
 	if u.Scheme == "https" {
 		key.tls = s.TLS
+		if key.tls.MinVersion == "" {
+			key.tls.MinVersion = config.TLS12 // the same transport as written out
+		}
 	}
 	transports.Lock()
 	defer transports.Unlock()
@@ -86,6 +90,15 @@ func acquire(s config.Subscription) (*sharedTransport, error) {
 		IdleConnTimeout:        idleTimeout,
 		MaxResponseHeaderBytes: maxResponseHeaderBytes,
 		ExpectContinueTimeout:  time.Second,
+	}
+	if s.Proxy != "" {
+		// Written proxies are used as they are: NO_PROXY is for the
+		// environment's.
+		pu, err := url.Parse(s.Proxy)
+		if err != nil {
+			return nil, errors.New("invalid proxy URL") // the URL may hold a password
+		}
+		tr.Proxy = http.ProxyURL(pu)
 	}
 	if key.tls != (config.TLS{}) {
 		if tr.TLSClientConfig, err = clientTLS(key.tls); err != nil {
@@ -107,9 +120,10 @@ func release(st *sharedTransport) {
 }
 
 // clientTLS builds the TLS settings of an https:// endpoint: its CA (else
-// the system's), a client certificate for mutual TLS, a server name.
+// the system's), a client certificate for mutual TLS, a server name, the
+// oldest TLS version.
 func clientTLS(t config.TLS) (*tls.Config, error) {
-	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName}
+	c := &tls.Config{MinVersion: t.Version(), ServerName: t.ServerName}
 	if t.CAFile != "" {
 		pem, err := os.ReadFile(t.CAFile)
 		if err != nil {

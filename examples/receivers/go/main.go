@@ -7,14 +7,20 @@
 //
 // Environment:
 //
-//	WEBHOOK_SECRET  whsec_... secret shared with warren (required); several
-//	                secrets separated by spaces are all accepted, for rotation
+//	WEBHOOK_SECRET      whsec_... secret shared with warren; several secrets
+//	                    separated by spaces are all accepted, for rotation
+//	WEBHOOK_PUBLIC_KEY  whpk_... public key of a whsk_ key warren signs with
+//	                    (v1a, ed25519; see `warren keys`); several likewise.
+//	                    One of the two is required; a request passes if any
+//	                    secret or key verifies it.
 //	LISTEN_ADDR     address to listen on (default :8080)
 package main
 
 import (
 	"container/list"
 	"context"
+	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,6 +29,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -52,7 +59,7 @@ func main() {
 }
 
 func run(ctx context.Context, log *slog.Logger) error {
-	verifiers, err := newVerifiers(strings.Fields(os.Getenv("WEBHOOK_SECRET")))
+	verifiers, err := newVerifiers(strings.Fields(os.Getenv("WEBHOOK_SECRET")), strings.Fields(os.Getenv("WEBHOOK_PUBLIC_KEY")))
 	if err != nil {
 		return err
 	}
@@ -73,7 +80,7 @@ func run(ctx context.Context, log *slog.Logger) error {
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.ListenAndServe() }()
-	log.Info("listening", "addr", addr, "path", "/webhooks", "secrets", len(verifiers))
+	log.Info("listening", "addr", addr, "path", "/webhooks", "keys", len(verifiers))
 
 	select {
 	case err := <-served:
@@ -102,11 +109,16 @@ func routes(h *handler) http.Handler {
 	return mux
 }
 
-func newVerifiers(secrets []string) ([]*standardwebhooks.Webhook, error) {
-	if len(secrets) == 0 {
-		return nil, errors.New("WEBHOOK_SECRET is not set (want the whsec_... secret configured in warren)")
+// verifier checks one request's signature.
+type verifier interface {
+	Verify(body []byte, header http.Header) error
+}
+
+func newVerifiers(secrets, publicKeys []string) ([]verifier, error) {
+	if len(secrets) == 0 && len(publicKeys) == 0 {
+		return nil, errors.New("neither WEBHOOK_SECRET nor WEBHOOK_PUBLIC_KEY is set (want the whsec_... secret configured in warren, or the whpk_... public key of its whsk_... key)")
 	}
-	var vs []*standardwebhooks.Webhook
+	var vs []verifier
 	for i, s := range secrets {
 		if !strings.HasPrefix(s, "whsec_") {
 			return nil, fmt.Errorf("WEBHOOK_SECRET: secret %d does not start with whsec_", i+1)
@@ -118,7 +130,67 @@ func newVerifiers(secrets []string) ([]*standardwebhooks.Webhook, error) {
 		}
 		vs = append(vs, wh)
 	}
+	for i, k := range publicKeys {
+		v, err := newEd25519Verifier(k)
+		if err != nil {
+			return nil, fmt.Errorf("WEBHOOK_PUBLIC_KEY: key %d: %w", i+1, err)
+		}
+		vs = append(vs, v)
+	}
 	return vs, nil
+}
+
+// ed25519Verifier checks the "v1a," (ed25519) signatures of Standard
+// Webhooks, which the official Go library does not verify, with the same
+// five-minute timestamp tolerance.
+type ed25519Verifier struct {
+	key ed25519.PublicKey
+}
+
+const tolerance = 5 * time.Minute
+
+func newEd25519Verifier(s string) (*ed25519Verifier, error) {
+	encoded, ok := strings.CutPrefix(s, "whpk_")
+	if !ok {
+		return nil, errors.New("does not start with whpk_")
+	}
+	key, err := base64.StdEncoding.DecodeString(encoded)
+	if err != nil {
+		key, err = base64.RawStdEncoding.DecodeString(encoded)
+	}
+	if err != nil || len(key) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("want whpk_ followed by the base64 of a %d-byte ed25519 public key", ed25519.PublicKeySize)
+	}
+	return &ed25519Verifier{key: key}, nil
+}
+
+func (v *ed25519Verifier) Verify(body []byte, header http.Header) error {
+	id := header.Get("webhook-id")
+	ts := header.Get("webhook-timestamp")
+	sigs := header.Get("webhook-signature")
+	if id == "" || ts == "" || sigs == "" {
+		return errors.New("missing webhook-id, webhook-timestamp or webhook-signature")
+	}
+	sec, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return errors.New("invalid webhook-timestamp")
+	}
+	if d := time.Since(time.Unix(sec, 0)); d > tolerance || d < -tolerance {
+		return errors.New("webhook-timestamp too far from now")
+	}
+	msg := make([]byte, 0, len(id)+len(ts)+len(body)+2)
+	msg = append(append(append(append(append(msg, id...), '.'), ts...), '.'), body...)
+	for _, sig := range strings.Fields(sigs) {
+		encoded, ok := strings.CutPrefix(sig, "v1a,")
+		if !ok {
+			continue // a v1 (HMAC) signature, for whoever holds the secret
+		}
+		raw, err := base64.StdEncoding.DecodeString(encoded)
+		if err == nil && ed25519.Verify(v.key, msg, raw) {
+			return nil
+		}
+	}
+	return errors.New("no matching v1a signature")
 }
 
 // Event is what a handler is given once the request is verified.
@@ -130,7 +202,7 @@ type Event struct {
 }
 
 type handler struct {
-	verifiers []*standardwebhooks.Webhook
+	verifiers []verifier
 	seen      *dedup
 	log       *slog.Logger
 	// process does the work for one new event. An error answers 500, which

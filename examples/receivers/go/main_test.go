@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"io"
 	"log/slog"
@@ -27,7 +30,7 @@ const (
 // called for each new event; nil means succeed.
 func receiver(t *testing.T, process func(Event) error) (url string, got func() []Event) {
 	t.Helper()
-	verifiers, err := newVerifiers([]string{secret})
+	verifiers, err := newVerifiers([]string{secret}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +154,7 @@ func TestVerify(t *testing.T) {
 }
 
 func TestRotationAcceptsEitherSecret(t *testing.T) {
-	verifiers, err := newVerifiers([]string{otherSecret, secret})
+	verifiers, err := newVerifiers([]string{otherSecret, secret}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,8 +173,13 @@ func TestRotationAcceptsEitherSecret(t *testing.T) {
 
 func TestBadSecretConfig(t *testing.T) {
 	for _, s := range [][]string{nil, {"MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}, {"whsec_not base64!"}} {
-		if _, err := newVerifiers(s); err == nil {
+		if _, err := newVerifiers(s, nil); err == nil {
 			t.Errorf("newVerifiers(%q) accepted", s)
+		}
+	}
+	for _, k := range []string{"whsk_AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=", "whpk_AQID", "whpk_not base64!", secret} {
+		if _, err := newVerifiers(nil, []string{k}); err == nil {
+			t.Errorf("public key %q accepted", k)
 		}
 	}
 }
@@ -292,5 +300,53 @@ func TestDedupIsBounded(t *testing.T) {
 		if s := d.begin(id, later); s != stateNew {
 			t.Errorf("%s after ttl: %d, want new", id, s)
 		}
+	}
+}
+
+// TestEd25519 verifies v1a signatures with a whpk_ public key: the one of
+// the signing key passes, another key, a changed body, a stale timestamp or
+// only a v1 signature do not.
+func TestEd25519(t *testing.T) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, otherPriv, _ := ed25519.GenerateKey(rand.Reader)
+	verifiers, err := newVerifiers(nil, []string{"whpk_" + base64.StdEncoding.EncodeToString(pub)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &handler{verifiers: verifiers}
+	now := time.Now()
+	header := func(key ed25519.PrivateKey, id string, ts time.Time, payload string, extra string) http.Header {
+		unix := strconv.FormatInt(ts.Unix(), 10)
+		sig := ed25519.Sign(key, []byte(id+"."+unix+"."+payload))
+		hd := http.Header{}
+		hd.Set("webhook-id", id)
+		hd.Set("webhook-timestamp", unix)
+		hd.Set("webhook-signature", strings.TrimSpace(extra+" v1a,"+base64.StdEncoding.EncodeToString(sig)))
+		return hd
+	}
+	// warren sends v1 and v1a side by side when it has both kinds of key.
+	if err := h.verify([]byte(body), header(priv, "evt_1", now, body, "v1,bm90IGEgc2lnbmF0dXJl")); err != nil {
+		t.Errorf("signed with the matching key: %v", err)
+	}
+	for name, hd := range map[string]http.Header{
+		"other key":       header(otherPriv, "evt_2", now, body, ""),
+		"changed body":    header(priv, "evt_3", now, strings.Replace(body, "o-1", "o-2", 1), ""),
+		"stale timestamp": header(priv, "evt_4", now.Add(-10*time.Minute), body, ""),
+	} {
+		if err := h.verify([]byte(body), hd); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	v1only := http.Header{}
+	v1only.Set("webhook-id", "evt_5")
+	v1only.Set("webhook-timestamp", strconv.FormatInt(now.Unix(), 10))
+	wh, _ := standardwebhooks.NewWebhook(secret)
+	sig, _ := wh.Sign("evt_5", now, []byte(body))
+	v1only.Set("webhook-signature", sig)
+	if err := h.verify([]byte(body), v1only); err == nil {
+		t.Error("a v1 signature alone passed a public-key-only receiver")
 	}
 }
