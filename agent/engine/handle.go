@@ -82,7 +82,7 @@ func (s *subscriber) attempt(ctx context.Context, env *env, d *amqp.Delivery, k 
 		var hold func() error
 		if k != nil {
 			msg.Headers[event.HeaderKeyHead] = true
-			hold = k.hold
+			hold = func() error { return k.hold(msg.MessageId) }
 		}
 		s.replace(env, d, &ev, "", s.work, msg, "stamped", hold)
 		return false
@@ -153,7 +153,7 @@ func (s *subscriber) attempt(ctx context.Context, env *env, d *amqp.Delivery, k 
 		var hold func() error
 		if k != nil {
 			msg.Headers[event.HeaderKeyHead] = true
-			hold = k.hold
+			hold = func() error { return k.hold(ev.ID) }
 		}
 		if s.replace(env, d, &ev, s.tiers[dec.Delay], s.work, msg, "retry", hold) {
 			s.metrics.Retried.Inc()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"sync"
 	"time"
@@ -33,7 +34,10 @@ import (
 // keyHooks bind an attempt to its key: hold runs before a retry is acked
 // (the retry copy becomes the key's head), release before an event that is
 // done with is acked (the key's next event becomes its head).
-type keyHooks struct{ hold, release func() error }
+type keyHooks struct {
+	hold    func(head string) error
+	release func() error
+}
 
 // keys is an ordered subscription's view of its held keys, valid while
 // this consumer is the active one (a new session starts afresh). Its
@@ -108,31 +112,116 @@ func (k *keys) remember(key string, held bool) {
 	k.held[key] = held
 }
 
-// hold declares key's held queue.
-func (k *keys) hold(key string) error {
+// headRecord is the one message of a held key's record queue
+// P.S.held.<hash>.head: which event is the key's head now. A head that
+// comes back after a crash (acked too late) finds another event recorded
+// and releases nothing, so a key never has two heads.
+type headRecord struct {
+	Seq  int64  `json:"seq"`
+	Head string `json:"head"`
+}
+
+func (k *keys) record(key string) string { return k.queue(key) + ".head" }
+
+func (k *keys) declare(ch *amqp.Channel, queue string) error {
+	_, err := ch.QueueDeclare(queue,
+		true,  // durable
+		false, // auto-delete
+		false, // exclusive
+		false, // no-wait
+		amqp.Table{"x-queue-type": k.s.queueType})
+	return err
+}
+
+// hold makes head the head of key: declares the key's held queue and its
+// record, and records head unless the key already has a record (a head
+// that fails again).
+func (k *keys) hold(key, head string) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	ch, err := k.channel()
 	if err != nil {
 		return err
 	}
-	_, err = ch.QueueDeclare(k.queue(key),
-		true,  // durable
-		false, // auto-delete
-		false, // exclusive
-		false, // no-wait
-		amqp.Table{"x-queue-type": k.s.queueType})
-	if err != nil {
+	if err := k.declare(ch, k.queue(key)); err != nil {
 		return fmt.Errorf("declare held queue for a key: %w", err)
 	}
+	if err := k.declare(ch, k.record(key)); err != nil {
+		return fmt.Errorf("declare head record for a key: %w", err)
+	}
+	records, err := k.takeRecords(ch, key)
+	if err != nil {
+		return err
+	}
+	if len(records) == 0 {
+		if err := k.writeRecord(key, headRecord{Seq: 1, Head: head}); err != nil {
+			return err
+		}
+	}
+	requeueAll(records)
 	k.remember(key, true)
 	return nil
 }
 
-// release moves key's next held event back to the work queue as its head,
-// or deletes the held queue when it is empty. A key that is not held has
-// nothing to release.
-func (k *keys) releaseKey(key string) error {
+// takeRecords gets, unacked, every message of key's record queue (one,
+// or two after a crash between writing a record and acking the old one).
+func (k *keys) takeRecords(ch *amqp.Channel, key string) ([]amqp.Delivery, error) {
+	var out []amqp.Delivery
+	for {
+		d, ok, err := ch.Get(k.record(key), false)
+		if err != nil {
+			requeueAll(out)
+			if isNotFound(err) {
+				return nil, nil
+			}
+			return nil, fmt.Errorf("read a key's head record: %w", err)
+		}
+		if !ok {
+			return out, nil
+		}
+		out = append(out, d)
+	}
+}
+
+// current is the newest of records; ok is false when there is none.
+func current(records []amqp.Delivery) (rec headRecord, ok bool) {
+	for _, d := range records {
+		var r headRecord
+		if json.Unmarshal(d.Body, &r) == nil && (!ok || r.Seq > rec.Seq) {
+			rec, ok = r, true
+		}
+	}
+	return rec, ok
+}
+
+func (k *keys) writeRecord(key string, r headRecord) error {
+	body, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return k.env.copies.publish(k.env.hard, "", k.record(key), amqp.Publishing{
+		MessageId: fmt.Sprintf("%s#%d", r.Head, r.Seq), ContentType: "application/json", Body: body,
+	})
+}
+
+func requeueAll(ds []amqp.Delivery) {
+	for _, d := range ds {
+		_ = d.Nack(false, true)
+	}
+}
+
+func ackAll(ds []amqp.Delivery) {
+	for _, d := range ds {
+		_ = d.Ack(false)
+	}
+}
+
+// releaseKey, when head is the key's recorded head, moves the key's next
+// held event back to the work queue as the new head (and records it), or
+// deletes the held queue and the record when nothing is held any more. A
+// key that is not held, or whose recorded head is another event (this head
+// released it already, before a crash), has nothing to release.
+func (k *keys) releaseKey(key, head string) error {
 	if held, err := k.isHeld(key); err != nil || !held {
 		return err
 	}
@@ -142,31 +231,65 @@ func (k *keys) releaseKey(key string) error {
 	if err != nil {
 		return err
 	}
-	queue := k.queue(key)
-	d, ok, err := ch.Get(queue, false)
+	records, err := k.takeRecords(ch, key)
 	if err != nil {
-		if isNotFound(err) {
+		return err
+	}
+	rec, ok := current(records)
+	if ok && rec.Head != head {
+		requeueAll(records)
+		return nil
+	}
+	queue := k.queue(key)
+	var next amqp.Delivery
+	for {
+		d, got, err := ch.Get(queue, false)
+		if err != nil {
+			requeueAll(records)
+			if isNotFound(err) {
+				k.remember(key, false)
+				return nil
+			}
+			return fmt.Errorf("take the next event of a held key: %w", err)
+		}
+		if got && event.FromDelivery(&d, time.Now()).ID == head {
+			// This head's own copy, left behind by a crash before its ack
+			// in the held queue: it is on its way already.
+			_ = d.Ack(false)
+			continue
+		}
+		if !got {
+			// Nothing is added meanwhile: only this consumer moves events
+			// of the key, one at a time.
+			if _, err := ch.QueueDelete(queue, false, true, false); err != nil && !isNotFound(err) {
+				requeueAll(records)
+				return fmt.Errorf("delete a released key's held queue: %w", err)
+			}
+			ackAll(records)
+			if _, err := ch.QueueDelete(k.record(key), false, false, false); err != nil && !isNotFound(err) {
+				return fmt.Errorf("delete a released key's head record: %w", err)
+			}
 			k.remember(key, false)
 			return nil
 		}
-		return fmt.Errorf("take the next event of a held key: %w", err)
+		next = d
+		break
 	}
-	if !ok {
-		// Nothing is added meanwhile: only this consumer moves events of
-		// the key, one at a time.
-		if _, err := ch.QueueDelete(queue, false, true, false); err != nil && !isNotFound(err) {
-			return fmt.Errorf("delete a released key's held queue: %w", err)
-		}
-		k.remember(key, false)
-		return nil
-	}
-	msg := event.Move(&d, event.FromDelivery(&d, time.Now()))
+	ev := event.FromDelivery(&next, time.Now())
+	msg := event.Move(&next, ev)
 	msg.Headers[event.HeaderKeyHead] = true
-	if err := k.env.copies.publish(k.env.hard, "", k.s.work, msg); err != nil {
-		_ = d.Nack(false, true) // back to the front of the held queue
+	err = k.env.copies.publish(k.env.hard, "", k.s.work, msg)
+	if err == nil {
+		err = k.writeRecord(key, headRecord{Seq: rec.Seq + 1, Head: ev.ID})
+	}
+	if err != nil {
+		_ = next.Nack(false, true) // back to the front of the held queue
+		requeueAll(records)
 		return err
 	}
-	return d.Ack(false)
+	_ = next.Ack(false)
+	ackAll(records)
+	return nil
 }
 
 func (k *keys) close() {
@@ -196,8 +319,8 @@ func (s *subscriber) handleOrdered(ctx context.Context, env *env, k *keys, d *am
 		return
 	}
 	s.attempt(ctx, env, d, &keyHooks{
-		hold:    func() error { return k.hold(key) },
-		release: func() error { return k.releaseKey(key) },
+		hold:    func(head string) error { return k.hold(key, head) },
+		release: func() error { return k.releaseKey(key, ev.ID) },
 	})
 }
 
