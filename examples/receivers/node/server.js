@@ -7,11 +7,14 @@
 // retries and redeliveries), and log each new event as one JSON line.
 //
 // Environment:
-//   WEBHOOK_SECRET  whsec_... secret shared with warren (required); several
-//                   secrets separated by spaces are all accepted, for rotation
+//   WEBHOOK_SECRET  whsec_... secret shared with warren, and/or whpk_...
+//                   public keys of warren's ed25519 (whsk_) signing keys,
+//                   which verify its v1a signatures; several, separated by
+//                   spaces, are all accepted, for rotation (at least one)
 //   PORT            port to listen on (default 8080)
 //   HOST            address to listen on (default: every interface)
 
+const crypto = require("node:crypto");
 const express = require("express");
 const { Webhook } = require("standardwebhooks");
 
@@ -68,16 +71,47 @@ class Dedup {
   }
 }
 
+// ED25519_SPKI is the DER prefix that makes a raw 32-byte ed25519 public
+// key a SubjectPublicKeyInfo, which node:crypto reads.
+const ED25519_SPKI = Buffer.from("302a300506032b6570032100", "hex");
+const TOLERANCE_S = 5 * 60;
+
+// PublicKeyVerifier checks Standard Webhooks v1a (ed25519) signatures over
+// "id.timestamp.body", which the official library does not verify yet.
+class PublicKeyVerifier {
+  constructor(whpk) {
+    const raw = Buffer.from(whpk.slice("whpk_".length), "base64");
+    if (raw.length !== 32) throw new Error("a whpk_ key is the base64 of 32 bytes");
+    this.key = crypto.createPublicKey({ key: Buffer.concat([ED25519_SPKI, raw]), format: "der", type: "spki" });
+  }
+
+  verify(body, headers) {
+    const id = headers["webhook-id"];
+    const ts = headers["webhook-timestamp"];
+    const sigs = headers["webhook-signature"];
+    if (!id || !ts || !sigs) throw new Error("missing webhook headers");
+    if (Math.abs(Date.now() / 1000 - Number(ts)) > TOLERANCE_S) throw new Error("timestamp too old or too new");
+    const signed = Buffer.concat([Buffer.from(`${id}.${ts}.`), body]);
+    for (const entry of sigs.split(" ")) {
+      const [version, sig] = entry.split(",");
+      if (version === "v1a" && sig && crypto.verify(null, signed, this.key, Buffer.from(sig, "base64"))) return;
+    }
+    throw new Error("no matching v1a signature");
+  }
+}
+
 function verifiers(secretList) {
   const secrets = (secretList || "").split(/\s+/).filter(Boolean);
   if (secrets.length === 0) {
     throw new Error("WEBHOOK_SECRET is not set (want the whsec_... secret configured in warren)");
   }
   return secrets.map((s, i) => {
+    if (s.startsWith("whpk_")) return new PublicKeyVerifier(s);
     if (!s.startsWith("whsec_")) {
-      throw new Error(`WEBHOOK_SECRET: secret ${i + 1} does not start with whsec_`);
+      throw new Error(`WEBHOOK_SECRET: secret ${i + 1} does not start with whsec_ or whpk_`);
     }
-    return new Webhook(s);
+    const wh = new Webhook(s);
+    return { verify: (body, headers) => wh.verify(body, headers, { jsonParse: false }) };
   });
 }
 
@@ -86,9 +120,9 @@ function verify(whs, body, headers) {
   let lastErr;
   for (const wh of whs) {
     try {
-      // jsonParse: false, so raw and cloudevents bodies that are not JSON
-      // verify too; the body is parsed below.
-      wh.verify(body, headers, { jsonParse: false });
+      // Raw and cloudevents bodies that are not JSON verify too; the body
+      // is parsed below.
+      wh.verify(body, headers);
       return;
     } catch (err) {
       lastErr = err;

@@ -113,3 +113,38 @@ test("refuses a missing or malformed secret", () => {
   assert.throws(() => createApp({ secrets: "", onEvent() {} }), /WEBHOOK_SECRET is not set/);
   assert.throws(() => createApp({ secrets: "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", onEvent() {} }), /whsec_/);
 });
+
+test("verifies v1a (ed25519) signatures with a whpk_ key", async (t) => {
+  const crypto = require("node:crypto");
+  const pair = () => {
+    const { publicKey, privateKey } = crypto.generateKeyPairSync("ed25519");
+    const raw = Buffer.from(publicKey.export({ format: "jwk" }).x, "base64url");
+    return { privateKey, whpk: "whpk_" + raw.toString("base64") };
+  };
+  const warren = pair();
+  const stranger = pair();
+  const events = [];
+  const app = createApp({ secrets: warren.whpk, onEvent: (e) => events.push(e) });
+  const server = await new Promise((resolve) => {
+    const s = app.listen(0, "127.0.0.1", () => resolve(s));
+  });
+  t.after(() => server.close());
+  const url = `http://127.0.0.1:${server.address().port}/webhooks`;
+  const send = async (id, key, body = BODY, at = new Date()) => {
+    const ts = String(Math.floor(at.getTime() / 1000));
+    const sig = crypto.sign(null, Buffer.from(`${id}.${ts}.${BODY}`), key).toString("base64");
+    const res = await fetch(url, {
+      method: "POST",
+      headers: { "webhook-id": id, "webhook-timestamp": ts, "webhook-signature": `v1,bm9wZQ== v1a,${sig}` },
+      body,
+    });
+    await res.text();
+    return res.status;
+  };
+  assert.equal(await send("evt_v1a", warren.privateKey), 200);
+  assert.equal(await send("evt_other_key", stranger.privateKey), 401, "another key");
+  assert.equal(await send("evt_tampered", warren.privateKey, BODY.replace("o-1", "o-2")), 401, "tampered body");
+  assert.equal(await send("evt_stale", warren.privateKey, BODY, new Date(Date.now() - 10 * 60 * 1000)), 401, "stale");
+  assert.deepEqual(events.map((e) => e.id), ["evt_v1a"]);
+  assert.throws(() => createApp({ secrets: "whpk_AAAA", onEvent() {} }), /32 bytes/);
+});
