@@ -3,6 +3,7 @@ package metrics
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -110,4 +111,17 @@ func queries(v any) []string {
 		}
 	}
 	return out
+}
+
+// TestAlertRulesWithPromtool runs Prometheus's own rule checker on the
+// example alerts when promtool is installed (Debian: prometheus).
+func TestAlertRulesWithPromtool(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Skip("promtool is not installed; the metric names are checked by TestExampleDashboards")
+	}
+	out, err := exec.Command(promtool, "check", "rules", "../../examples/prometheus/alerts.yaml").CombinedOutput()
+	if err != nil {
+		t.Errorf("promtool check rules: %v\n%s", err, out)
+	}
 }
