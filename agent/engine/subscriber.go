@@ -248,22 +248,26 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 		if deliveries != nil {
 			requeue()
 		}
-		if err := ch.Qos(n, 0, false); err != nil {
-			return fmt.Errorf("set prefetch: %w", err)
-		}
 		consumers++
 		tag = fmt.Sprintf("warren.%s.%d", s.name, consumers)
-		d, err := ch.Consume(s.work, tag,
-			false, // auto-ack: no, ack after the outcome is safe
-			false, // exclusive: no, several agents compete
-			false, // no-local
-			false, // no-wait
-			nil)
-		if err != nil {
-			return fmt.Errorf("consume %s: %w", s.work, err)
-		}
-		deliveries = d
-		return nil
+		// On the declarer's goroutines, like the declares: this one stays
+		// shallow, and an idle subscription's stack small.
+		return declarer.do(ctx, func() error {
+			if err := ch.Qos(n, 0, false); err != nil {
+				return fmt.Errorf("set prefetch: %w", err)
+			}
+			d, err := ch.Consume(s.work, tag,
+				false, // auto-ack: no, ack after the outcome is safe
+				false, // exclusive: no, several agents compete
+				false, // no-local
+				false, // no-wait
+				nil)
+			if err != nil {
+				return fmt.Errorf("consume %s: %w", s.work, err)
+			}
+			deliveries = d
+			return nil
+		})
 	}
 	if err := subscribe(win.start()); err != nil {
 		return err
