@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"reflect"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -400,7 +401,7 @@ func (r *runner) apply(ctx context.Context, next *config.Config) {
 				"subscription", s.name, "queue", s.work)
 		}
 		for _, p := range s.opts.Events {
-			if still && next.Broker.Exchange == cur.Broker.Exchange && next.WorkQueue(sc) == s.work && contains(sc.Events, p) {
+			if still && next.Broker.Exchange == cur.Broker.Exchange && next.WorkQueue(sc) == s.work && slices.Contains(sc.Events, p) {
 				continue
 			}
 			gone = append(gone, binding{cur.Broker.Exchange, s.work, p})
@@ -475,8 +476,7 @@ func (e *Engine) unbindPending(open func() (*amqp.Channel, error)) {
 			err = topology.Unbind(ch, b.exchange, b.queue, []string{b.pattern})
 			ch.Close()
 		}
-		var amqpErr *amqp.Error
-		if err != nil && !(errors.As(err, &amqpErr) && amqpErr.Code == amqp.NotFound) {
+		if err != nil && !isNotFound(err) {
 			failed = append(failed, b)
 		}
 	}
@@ -582,15 +582,6 @@ func withoutPatterns(queues []topology.Queue) []topology.Queue {
 		out[i] = q
 	}
 	return out
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // settleStartup hands the garbage of starting up (thousands of declares

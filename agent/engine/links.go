@@ -76,11 +76,15 @@ func (l *links) lockedBackoff() time.Duration {
 	if l.backoff == 0 {
 		l.backoff = l.minBackoff
 	}
-	// Full jitter around the doubling backoff keeps many agents from
-	// reconnecting in step after a broker restart.
-	wait := l.backoff/2 + rand.N(l.backoff/2+1)
+	wait := jitter(l.backoff)
 	l.backoff = min(2*l.backoff, l.maxBackoff)
 	return wait
+}
+
+// jitter is a wait around d, from d/2 to d: it keeps many warrens (or
+// subscriptions) from retrying in step after a broker restart.
+func jitter(d time.Duration) time.Duration {
+	return d/2 + rand.N(d/2+1)
 }
 
 // channel returns a new channel on a consuming connection with room, and

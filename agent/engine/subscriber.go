@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -139,7 +138,7 @@ func (s *subscriber) run(ctx context.Context, env *env) error {
 		} else {
 			s.log.Debug("subscription waiting for the broker", logging.Err(err))
 		}
-		wait := backoff/2 + rand.N(backoff/2+1)
+		wait := jitter(backoff)
 		backoff = min(2*backoff, env.e.MaxBackoff)
 		select {
 		case <-ctx.Done():
@@ -229,10 +228,13 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 		tag        string
 		consumers  int
 	)
-	// requeue sends back what a stopped consumer prefetched but never
-	// started; its deliveries channel closes once drained.
-	requeue := func() {
-		_ = ch.Cancel(tag, false)
+	// requeue sends back what the consumer prefetched but never started,
+	// stopping it first (cancel) or finding it stopped; its deliveries
+	// channel closes once drained.
+	requeue := func(cancel bool) {
+		if cancel {
+			_ = ch.Cancel(tag, false)
+		}
 		for d := range deliveries {
 			s.metrics.Requeued.Inc()
 			nack(&d, s.log)
@@ -246,7 +248,7 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 			return nil
 		}
 		if deliveries != nil {
-			requeue()
+			requeue(true)
 		}
 		consumers++
 		tag = fmt.Sprintf("warren.%s.%d", s.name, consumers)
@@ -341,14 +343,7 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 			ch.Close()
 			return
 		}
-		if cancel {
-			requeue()
-			return
-		}
-		for d := range deliveries {
-			s.metrics.Requeued.Inc()
-			nack(&d, s.log)
-		}
+		requeue(cancel)
 	}
 	// reopen is what consume returns when it stopped for a change of
 	// state: an ordered subscription closed its channel and needs another.

@@ -48,13 +48,7 @@ func IsKeyHead(d *amqp.Delivery) bool {
 // refuses or sets itself, to another queue.
 func Move(d *amqp.Delivery, ev Event) amqp.Publishing {
 	p := Copy(d, ev, Outcome{}, time.Time{})
-	p.Headers = make(amqp.Table, len(d.Headers))
-	for k, v := range d.Headers {
-		if k == "x-death" || strings.HasPrefix(k, "x-first-death-") || strings.HasPrefix(k, "x-last-death-") || k == broker.HeaderPublishTag {
-			continue
-		}
-		p.Headers[k] = v
-	}
+	p.Headers = carried(d.Headers, 0)
 	return p
 }
 
@@ -168,18 +162,26 @@ type Outcome struct {
 	Error  string // short reason
 }
 
+// carried is what a copy keeps of headers h, with room for extra more:
+// everything but what the broker sets itself (x-death and its summaries)
+// and the publish tag of the hop before.
+func carried(h amqp.Table, extra int) amqp.Table {
+	out := make(amqp.Table, len(h)+extra)
+	for k, v := range h {
+		if k == "x-death" || strings.HasPrefix(k, "x-first-death-") || strings.HasPrefix(k, "x-last-death-") || k == broker.HeaderPublishTag {
+			continue
+		}
+		out[k] = v
+	}
+	return out
+}
+
 // Copy builds the message that replaces d in a retry tier or the dead queue:
 // same body, properties and publisher headers; warren's headers updated;
 // the broker's x-death headers and any expiration dropped (a per-message TTL
 // would fight the tier's). parkedAt is zero for retries.
 func Copy(d *amqp.Delivery, ev Event, o Outcome, parkedAt time.Time) amqp.Publishing {
-	headers := make(amqp.Table, len(d.Headers)+6)
-	for k, v := range d.Headers {
-		if k == "x-death" || strings.HasPrefix(k, "x-first-death-") || strings.HasPrefix(k, "x-last-death-") || k == broker.HeaderPublishTag {
-			continue
-		}
-		headers[k] = v
-	}
+	headers := carried(d.Headers, 6)
 	headers[HeaderAttempt] = int32(ev.Attempt)
 	headers[HeaderRoutingKey] = ev.Type
 	headers[HeaderFirstAttemptAt] = ev.FirstAttemptAt.UTC().Format(time.RFC3339Nano)
