@@ -164,6 +164,9 @@ func BenchmarkBridgeComparison(b *testing.B) {
 				{"fanout", e.fanOutRun},
 			}
 			for _, sc := range scenarios {
+				if !only(sc.name) {
+					continue
+				}
 				for _, s := range order {
 					res.add(r, s.name, sc.name, func() (sample, bool) {
 						return e.measure(s.name+" "+sc.name, func() sample { return sc.run(s) })
@@ -173,6 +176,14 @@ func BenchmarkBridgeComparison(b *testing.B) {
 		}
 	}
 	res.report(b, subjects, rounds)
+}
+
+// only reports whether WARREN_BENCH_ONLY (scenario names, comma-separated;
+// empty: all) asks for the scenario. A partial run is for trying a
+// change; the goals are judged on the whole.
+func only(scenario string) bool {
+	list := os.Getenv("WARREN_BENCH_ONLY")
+	return list == "" || slices.Contains(strings.Split(list, ","), scenario)
 }
 
 // consumeOnly is reference 1: how fast the broker hands out and takes acks

@@ -222,6 +222,7 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 		win.max, workers = 1, 1
 	}
 	defer win.release()
+	acks := newAcker(ch)
 
 	var (
 		deliveries <-chan amqp.Delivery
@@ -237,6 +238,7 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 		}
 		for d := range deliveries {
 			s.metrics.Requeued.Inc()
+			acks.track(&d)
 			nack(&d, s.log)
 		}
 	}
@@ -340,10 +342,12 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 			<-finished
 		}
 		if k != nil {
+			acks.flush()
 			ch.Close()
 			return
 		}
 		requeue(cancel)
+		acks.flush()
 	}
 	// reopen is what consume returns when it stopped for a change of
 	// state: an ordered subscription closed its channel and needs another.
@@ -371,6 +375,7 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 				}
 				return fmt.Errorf("the broker cancelled the consumer (queue %s deleted?)", s.work)
 			}
+			acks.track(&d)
 			dispatch(d)
 			if err := subscribe(win.arrived(int64(len(d.Body)))); err != nil {
 				settle(false)
