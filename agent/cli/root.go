@@ -51,6 +51,7 @@ type app struct {
 	logFormat  string
 	logLevel   string
 	log        *slog.Logger
+	logOut     *logging.Buffer // flushed before Execute returns
 }
 
 // Execute runs the command line and returns the exit code. Errors are
@@ -63,6 +64,9 @@ func Execute(ctx context.Context, env Env) int {
 	root.SetOut(env.Stdout)
 	root.SetErr(env.Stderr)
 	err := root.ExecuteContext(ctx)
+	if a.logOut != nil {
+		_ = a.logOut.Flush() // before the error below, and before exit
+	}
 	if err == nil {
 		return ExitOK
 	}
@@ -87,7 +91,8 @@ func (a *app) rootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := logging.New(a.env.Stderr, a.logFormat, a.logLevel)
+			a.logOut = logging.NewBuffer(a.env.Stderr)
+			log, err := logging.New(a.logOut, a.logFormat, a.logLevel)
 			if err != nil {
 				return usageError{err}
 			}

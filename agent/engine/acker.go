@@ -8,36 +8,46 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
-// ackStraggle is how long a settled delivery may wait for the deliveries
-// before it on its channel to settle too, so that one ack frame
-// (multiple=true) covers them all. After it, it is acked on its own: one
-// slow attempt must not hold the acks, and so the prefetch window, of the
-// others.
-var ackStraggle = 5 * time.Millisecond
+// Acks are sent in groups: a settled delivery waits up to ackDelay for
+// the deliveries before it on its channel, so that one ack frame
+// (multiple=true) covers them all. One that still has an open delivery
+// before it after ackStraggle is acked on its own: one slow attempt must
+// not hold the acks, and so the prefetch window, of the others.
+var (
+	ackDelay    = time.Millisecond
+	ackStraggle = 5 * time.Millisecond
+)
 
 // acker coalesces the acks of one consumer channel. It stands in as each
 // delivery's Acknowledger: an attempt's d.Ack only marks the delivery
-// settled, and when the oldest deliveries still open are all settled, one
-// ack with multiple=true settles the run. Such an ack covers every tag up
-// to its own, so it is sent only over a run in which each delivery was
-// acked by its attempt or already nacked: no message is acked before its
-// outcome is safe. Nacks and rejects go out at once, under the same lock,
-// so a later multiple ack can never overtake them.
+// settled, and a timer acks the run of settled deliveries at the front
+// with one frame. Such an ack covers every tag up to its own, so it is
+// sent only over a run in which each delivery was acked by its attempt or
+// already nacked: no message is acked before its outcome is safe. Nacks
+// and rejects go out at once, under the same lock, so a later multiple ack
+// can never overtake them.
 type acker struct {
-	ch amqp.Acknowledger
+	ch              amqp.Acknowledger
+	delay, straggle time.Duration // ackDelay, ackStraggle when made
 
 	mu      sync.Mutex
 	open    []pendingAck // deliveries handed to attempts, in tag order
 	settled int          // how many of open are settled but not yet acked
-	timer   *time.Timer  // acks stragglers on their own, see ackStraggle
+	timer   *time.Timer  // runs due while settled > 0
+	armed   bool
 }
 
 type pendingAck struct {
 	tag     uint64
-	settled bool
+	settled time.Time // zero while the attempt runs
 }
 
-func newAcker(ch amqp.Acknowledger) *acker { return &acker{ch: ch} }
+func newAcker(ch amqp.Acknowledger) *acker {
+	a := &acker{ch: ch, delay: ackDelay, straggle: ackStraggle}
+	a.timer = time.AfterFunc(time.Hour, a.due)
+	a.timer.Stop()
+	return a
+}
 
 // track makes a the Acknowledger of d, which the consumer has just
 // received. Tags on a channel only grow, so open stays in tag order.
@@ -48,8 +58,7 @@ func (a *acker) track(d *amqp.Delivery) {
 	d.Acknowledger = a
 }
 
-// Ack marks tag settled and acks the run of settled deliveries at the
-// front, if there is one.
+// Ack marks tag settled; the timer acks it.
 func (a *acker) Ack(tag uint64, multiple bool) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -59,24 +68,24 @@ func (a *acker) Ack(tag uint64, multiple bool) error {
 		return err
 	}
 	i, ok := a.find(tag)
-	if !ok {
+	if !ok || !a.open[i].settled.IsZero() {
 		return a.ch.Ack(tag, false) // not tracked: say it as it is
 	}
-	a.open[i].settled = true
+	a.open[i].settled = time.Now()
 	a.settled++
-	return a.flushFront()
+	if !a.armed {
+		a.armed = true
+		a.timer.Reset(a.delay)
+	}
+	return nil
 }
 
-// Nack sends the nack at once and drops tag from the open deliveries,
-// which may complete a run of settled ones before it.
+// Nack sends the nack at once and drops tag from the open deliveries.
 func (a *acker) Nack(tag uint64, multiple, requeue bool) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	err := a.ch.Nack(tag, multiple, requeue)
 	a.forget(tag, multiple)
-	if ferr := a.flushFront(); err == nil {
-		err = ferr
-	}
 	return err
 }
 
@@ -86,18 +95,51 @@ func (a *acker) Reject(tag uint64, requeue bool) error {
 	defer a.mu.Unlock()
 	err := a.ch.Reject(tag, requeue)
 	a.forget(tag, false)
-	if ferr := a.flushFront(); err == nil {
-		err = ferr
-	}
 	return err
 }
 
-// flush acks every settled delivery now: the consumer is stopping, or the
-// stragglers waited long enough.
+// due acks the front run, and the stragglers that waited ackStraggle on
+// their own, and comes back while anything settled is left.
+func (a *acker) due() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.ackSettled(time.Now().Add(-a.straggle))
+	if a.armed = a.settled > 0; a.armed {
+		a.timer.Reset(a.delay)
+	}
+}
+
+// flush acks every settled delivery now: the consumer is stopping.
 func (a *acker) flush() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.flushAll()
+	a.ackSettled(time.Now())
+}
+
+// ackSettled acks the run of settled deliveries at the front of open in
+// one frame, then each other one settled before cutoff on its own. A
+// failed ack is redelivered: at least once. a.mu is held.
+func (a *acker) ackSettled(cutoff time.Time) {
+	n := 0
+	for n < len(a.open) && !a.open[n].settled.IsZero() {
+		n++
+	}
+	if n > 0 {
+		_ = a.ch.Ack(a.open[n-1].tag, n > 1)
+		a.open = slices.Delete(a.open, 0, n)
+		a.settled -= n
+	}
+	if a.settled == 0 {
+		return
+	}
+	a.open = slices.DeleteFunc(a.open, func(p pendingAck) bool {
+		late := !p.settled.IsZero() && !p.settled.After(cutoff)
+		if late {
+			_ = a.ch.Ack(p.tag, false)
+			a.settled--
+		}
+		return late
+	})
 }
 
 func (a *acker) find(tag uint64) (int, bool) {
@@ -113,66 +155,21 @@ func (a *acker) find(tag uint64) (int, bool) {
 }
 
 func (a *acker) forget(tag uint64, multiple bool) {
+	n := 0 // how many of open to drop: the first n, or the one at i
+	i, ok := a.find(tag)
 	if multiple {
-		a.open = slices.DeleteFunc(a.open, func(p pendingAck) bool {
-			if p.tag <= tag && p.settled {
-				a.settled--
-			}
-			return p.tag <= tag
-		})
-		return
+		n = i
+		if ok {
+			n++
+		}
+		i = 0
+	} else if ok {
+		n = 1
 	}
-	if i, ok := a.find(tag); ok {
-		if a.open[i].settled {
+	for _, p := range a.open[i : i+n] {
+		if !p.settled.IsZero() {
 			a.settled--
 		}
-		a.open = slices.Delete(a.open, i, i+1)
 	}
-}
-
-// flushFront acks the run of settled deliveries at the front and arms
-// the straggler timer for settled ones behind an open delivery. a.mu is
-// held.
-func (a *acker) flushFront() error {
-	err := a.ackFront()
-	if a.settled > 0 && a.timer == nil {
-		a.timer = time.AfterFunc(ackStraggle, a.flush)
-	}
-	return err
-}
-
-// ackFront acks the run of settled deliveries at the front of open in one
-// frame. a.mu is held.
-func (a *acker) ackFront() error {
-	n := 0
-	for n < len(a.open) && a.open[n].settled {
-		n++
-	}
-	if n == 0 {
-		return nil
-	}
-	err := a.ch.Ack(a.open[n-1].tag, n > 1)
-	a.open = slices.Delete(a.open, 0, n)
-	a.settled -= n
-	return err
-}
-
-// flushAll acks the front run together and every other settled delivery
-// on its own. a.mu is held.
-func (a *acker) flushAll() {
-	if a.timer != nil {
-		a.timer.Stop()
-		a.timer = nil
-	}
-	_ = a.ackFront()
-	if a.settled == 0 {
-		return
-	}
-	a.open = slices.DeleteFunc(a.open, func(p pendingAck) bool {
-		if p.settled {
-			_ = a.ch.Ack(p.tag, false) // a failed ack is redelivered: at least once
-		}
-		return p.settled
-	})
-	a.settled = 0
+	a.open = slices.Delete(a.open, i, i+n)
 }

@@ -54,28 +54,40 @@ func expectFrames(t *testing.T, f *frames, want ...string) {
 	}
 }
 
+// slowAcks stops the acker's timer from firing within a test: due is
+// called by hand.
+func slowAcks(t *testing.T, delay, straggle time.Duration) {
+	d, s := ackDelay, ackStraggle
+	t.Cleanup(func() { ackDelay, ackStraggle = d, s })
+	ackDelay, ackStraggle = delay, straggle
+}
+
 func TestAckerCoalescesARunOfSettledDeliveries(t *testing.T) {
-	defer func(d time.Duration) { ackStraggle = d }(ackStraggle)
-	ackStraggle = time.Hour // only flush acks stragglers here
+	slowAcks(t, time.Hour, time.Hour)
 	f := &frames{}
 	a := newAcker(f)
 	ds := tracked(a, 6)
 
 	ds[2].Ack(false)
 	ds[1].Ack(false)
+	a.due()
 	expectFrames(t, f) // 1 is still open: nothing may cover 2 and 3 yet
 	ds[0].Ack(false)
+	expectFrames(t, f) // acks wait for the timer
+	a.due()
 	expectFrames(t, f, "ack 3 true")
 	ds[5].Ack(false)
 	ds[4].Ack(false)
-	expectFrames(t, f)
-	ds[3].Nack(false, true) // the nack goes first, then the run behind it
-	expectFrames(t, f, "nack 4 false", "ack 6 true")
+	ds[3].Nack(false, true) // a nack goes at once
+	expectFrames(t, f, "nack 4 false")
+	a.due()
+	expectFrames(t, f, "ack 6 true")
+	ds[3].Ack(false) // a second answer for one delivery is not swallowed
+	expectFrames(t, f, "ack 4 false")
 }
 
 func TestAckerAcksStragglersOnTheirOwnAfterAWhile(t *testing.T) {
-	defer func(d time.Duration) { ackStraggle = d }(ackStraggle)
-	ackStraggle = 10 * time.Millisecond
+	slowAcks(t, time.Millisecond, 10*time.Millisecond)
 	f := &frames{}
 	a := newAcker(f)
 	ds := tracked(a, 4)
@@ -95,7 +107,8 @@ func TestAckerAcksStragglersOnTheirOwnAfterAWhile(t *testing.T) {
 	}
 	ds[0].Ack(false)
 	ds[2].Ack(false)
-	expectFrames(t, f, "ack 1 false", "ack 3 false")
+	a.flush()
+	expectFrames(t, f, "ack 3 true")
 }
 
 // TestAckerNeverAcksAnOpenDelivery settles deliveries in random order
@@ -103,8 +116,7 @@ func TestAckerAcksStragglersOnTheirOwnAfterAWhile(t *testing.T) {
 // of the frames: every delivery settled once, as its attempt said, and
 // none acked by a multiple ack before its attempt settled it.
 func TestAckerNeverAcksAnOpenDelivery(t *testing.T) {
-	defer func(d time.Duration) { ackStraggle = d }(ackStraggle)
-	ackStraggle = 200 * time.Microsecond
+	slowAcks(t, 100*time.Microsecond, 200*time.Microsecond)
 	for seed := range uint64(20) {
 		rng := rand.New(rand.NewPCG(seed, 1))
 		b := &brokerModel{t: t, outcome: map[uint64]string{}, wanted: map[uint64]string{}}

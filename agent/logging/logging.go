@@ -46,6 +46,9 @@ func tintHandler(w io.Writer, lvl slog.Level, noColor bool) slog.Handler {
 }
 
 func isTerminal(w io.Writer) bool {
+	if b, ok := w.(*Buffer); ok {
+		w = b.w
+	}
 	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
 }
