@@ -295,14 +295,14 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 	waiting := map[string][]amqp.Delivery{}
 	run := func(d amqp.Delivery, key string) {
 		busy++
-		go func() {
+		attempts.run(func() {
 			if k != nil {
 				s.handleOrdered(ctx, env, k, &d, key)
 			} else {
 				s.handle(ctx, env, &d)
 			}
 			finished <- done{key, k != nil}
-		}()
+		})
 	}
 	// dispatch starts d, or queues it behind its key's event in flight.
 	dispatch := func(d amqp.Delivery) {
@@ -313,11 +313,11 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 		key, err := s.orderingKey(&d)
 		if err != nil {
 			busy++
-			go func() {
+			attempts.run(func() {
 				ev := event.FromDelivery(&d, time.Now())
 				s.parkUnsent(env, &d, &ev, time.Now(), err.Error(), nil)
 				finished <- done{}
-			}()
+			})
 			return
 		}
 		if queued, inFlight := waiting[key]; inFlight {
