@@ -39,15 +39,16 @@ var (
 // take is repaired where it can be and tried again with backoff while the
 // original is held, so the endpoint never sees the event again at once.
 // ctx ends waiting for the rate limiter and a slot (shutdown); env.hard
-// ends the attempt and the holding.
-func (s *subscriber) handle(ctx context.Context, env *env, d *amqp.Delivery) {
-	s.attempt(ctx, env, d, nil)
+// ends the attempt and the holding. sent, when set, is called once the
+// request is over and a copy is about to be stored.
+func (s *subscriber) handle(ctx context.Context, env *env, d *amqp.Delivery, sent func()) {
+	s.attempt(ctx, env, d, nil, sent)
 }
 
 // attempt is handle, and reports whether the event is done with (delivered,
 // parked, filtered or skipped) rather than waiting for a retry or back in
 // the queue. k binds the attempt to its key in an ordered subscription.
-func (s *subscriber) attempt(ctx context.Context, env *env, d *amqp.Delivery, k *keyHooks) bool {
+func (s *subscriber) attempt(ctx context.Context, env *env, d *amqp.Delivery, k *keyHooks, sent func()) bool {
 	now := time.Now()
 	ev := event.FromDelivery(d, now)
 	// Facts about the message park it at once: no attempt, and nothing a
@@ -149,6 +150,9 @@ func (s *subscriber) attempt(ctx context.Context, env *env, d *amqp.Delivery, k 
 		s.logEvent(slog.LevelInfo, "delivered", &ev, attrs...)
 		return true
 	case delivery.Retry:
+		if sent != nil {
+			sent()
+		}
 		msg := event.Copy(d, ev, event.Outcome{Status: res.Status, Error: lastError(dec, res)}, time.Time{})
 		var hold func() error
 		if k != nil {
@@ -161,6 +165,9 @@ func (s *subscriber) attempt(ctx context.Context, env *env, d *amqp.Delivery, k 
 			s.logEvent(slog.LevelWarn, "retry scheduled", &ev, append(attrs, logging.Err(res.Err), slog.String("delay", dec.Delay.String()))...)
 		}
 		return false
+	}
+	if sent != nil && !dec.Pause {
+		sent() // a 410 frees nothing: the subscription pauses after it
 	}
 	done := s.park(env, d, &ev, now, res.Status, lastError(dec, res), k)
 	if done {

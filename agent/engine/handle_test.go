@@ -26,9 +26,13 @@ type fakeStore struct {
 	err    error
 	stored []string // routing keys of the copies taken
 	tries  int
+	before func() // called as each copy is published
 }
 
 func (f *fakeStore) publish(_ context.Context, _, key string, _ amqp.Publishing) error {
+	if f.before != nil {
+		f.before()
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.tries++
@@ -49,6 +53,12 @@ func (a *fakeAck) Reject(uint64, bool) error     { a.nacks.Add(1); return nil }
 // handleOnce runs one delivery through handle against an endpoint that
 // always answers status, with copies going to store; no broker.
 func handleOnce(t *testing.T, status int, store *fakeStore) (requests int32, ack *fakeAck) {
+	t.Helper()
+	return handleSent(t, status, store, nil)
+}
+
+// handleSent is handleOnce with handle's sent hook.
+func handleSent(t *testing.T, status int, store *fakeStore, sent func()) (requests int32, ack *fakeAck) {
 	t.Helper()
 	var n atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -71,7 +81,7 @@ func handleOnce(t *testing.T, status int, store *fakeStore) (requests int32, ack
 	ack = &fakeAck{}
 	d := amqp.Delivery{Acknowledger: ack, DeliveryTag: 1, MessageId: "evt_unit", RoutingKey: "order.created",
 		ContentType: "application/json", Body: []byte(`{}`)}
-	s.handle(ctx, &env{copies: store, hard: ctx, e: e}, &d)
+	s.handle(ctx, &env{copies: store, hard: ctx, e: e}, &d, sent)
 	return n.Load(), ack
 }
 
@@ -107,5 +117,28 @@ func TestGoneParksThroughTheDeadQueue(t *testing.T) {
 	requests, ack := handleOnce(t, http.StatusGone, store)
 	if requests != 1 || len(store.stored) != 1 || store.stored[0] != "warren.unit.dead" || ack.acks.Load() != 1 {
 		t.Errorf("requests %d, copies %v, acks %d; want 1, [warren.unit.dead], 1", requests, store.stored, ack.acks.Load())
+	}
+}
+
+// TestSlotFreedBeforeTheCopyIsStored: an attempt that answers with a copy
+// (retry or parking) frees its concurrency slot before it waits for the
+// broker, so that confirms are waited for beside the next requests. A
+// delivered event needs no broker and frees nothing early, and a 410
+// keeps its slot: the subscription pauses before it takes another.
+func TestSlotFreedBeforeTheCopyIsStored(t *testing.T) {
+	for _, tc := range []struct {
+		status int
+		freed  bool
+	}{{http.StatusServiceUnavailable, true}, {http.StatusBadRequest, true}, {http.StatusGone, false}, {http.StatusOK, false}} {
+		var freed atomic.Int32
+		store := &fakeStore{before: func() {
+			if tc.freed && freed.Load() != 1 {
+				t.Errorf("HTTP %d: copy published with the slot freed %d times, want once before", tc.status, freed.Load())
+			}
+		}}
+		_, ack := handleSent(t, tc.status, store, func() { freed.Add(1) })
+		if got := freed.Load() == 1; got != tc.freed || ack.acks.Load() != 1 {
+			t.Errorf("HTTP %d: slot freed %d times, original acked %d times; want freed early %v, acked once", tc.status, freed.Load(), ack.acks.Load(), tc.freed)
+		}
 	}
 }

@@ -321,7 +321,7 @@ func (s *subscriber) handleOrdered(ctx context.Context, env *env, k *keys, d *am
 	s.attempt(ctx, env, d, &keyHooks{
 		hold:    func(head string) error { return k.hold(key, head) },
 		release: func() error { return k.releaseKey(key, ev.ID) },
-	})
+	}, nil)
 }
 
 // orderingKey evaluates the subscription's ordering key for d.

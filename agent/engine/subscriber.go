@@ -282,26 +282,37 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 		s.state.Store(StateConsuming)
 	}
 
-	// Attempts run in goroutines, at most `workers` at once; each reports
-	// when it is done, with its key in an ordered subscription. There the
-	// later events of a key in flight wait in waiting, in queue order, and
-	// start one at a time.
+	// Attempts run in goroutines, at most `workers` at once sending; each
+	// reports when it is done, with its key in an ordered subscription.
+	// There the later events of a key in flight wait in waiting, in queue
+	// order, and start one at a time. An attempt whose request is over and
+	// that only waits for the broker to confirm its copy says so first:
+	// it no longer counts against `workers`, so confirms are waited for
+	// side by side with the next requests (the prefetch window still
+	// bounds how many deliveries are open).
 	type done struct {
 		key   string
 		keyed bool
+		freed bool // only the slot: the attempt waits for its copy
+		after bool // done, and its slot was freed before
 	}
 	finished := make(chan done, workers)
-	busy := 0
+	busy, sending := 0, 0
 	waiting := map[string][]amqp.Delivery{}
 	run := func(d amqp.Delivery, key string) {
 		busy++
+		sending++
 		attempts.run(func() {
+			freed := false
 			if k != nil {
 				s.handleOrdered(ctx, env, k, &d, key)
 			} else {
-				s.handle(ctx, env, &d)
+				s.handle(ctx, env, &d, func() {
+					freed = true
+					finished <- done{freed: true}
+				})
 			}
-			finished <- done{key, k != nil}
+			finished <- done{key: key, keyed: k != nil, after: freed}
 		})
 	}
 	// dispatch starts d, or queues it behind its key's event in flight.
@@ -313,6 +324,7 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 		key, err := s.orderingKey(&d)
 		if err != nil {
 			busy++
+			sending++
 			attempts.run(func() {
 				ev := event.FromDelivery(&d, time.Now())
 				s.parkUnsent(env, &d, &ev, time.Now(), err.Error(), nil)
@@ -338,8 +350,10 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 	// cancelled single active consumer hands over while it still holds
 	// some.
 	settle := func(cancel bool) {
-		for ; busy > 0; busy-- {
-			<-finished
+		for busy > 0 {
+			if f := <-finished; !f.freed {
+				busy--
+			}
 		}
 		if k != nil {
 			acks.flush()
@@ -359,7 +373,7 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 	}
 	for {
 		var next <-chan amqp.Delivery
-		if busy < workers {
+		if sending < workers {
 			next = deliveries
 		}
 		select {
@@ -382,7 +396,14 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 				return err
 			}
 		case f := <-finished:
+			if f.freed {
+				sending--
+				continue
+			}
 			busy--
+			if !f.after {
+				sending--
+			}
 			if queued, ok := waiting[f.key]; ok && f.keyed {
 				if len(queued) == 0 {
 					delete(waiting, f.key)
