@@ -31,7 +31,12 @@ type Result struct {
 // connection pool) is shared with every other subscription whose endpoint
 // has the same scheme, host and TLS settings; see transport.go.
 type Client struct {
-	http    *http.Client
+	// rt sends each request as it is: no redirects (following one would
+	// send the signed event somewhere the subscription does not name), no
+	// cookies, no credentials from the URL (config refuses them); an
+	// http.Client would clone every request's headers for redirects
+	// that never happen.
+	rt      http.RoundTripper
 	timeout time.Duration
 	shared  *sharedTransport
 	err     error // TLS settings that could not be loaded
@@ -48,12 +53,7 @@ func NewClient(s config.Subscription) *Client {
 	if c.err != nil {
 		return c
 	}
-	c.http = &http.Client{
-		Transport: c.shared.tr,
-		// A redirect is a failure: following it would send the signed
-		// event somewhere the subscription does not name.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
+	c.rt = c.shared.tr
 	return c
 }
 
@@ -84,8 +84,9 @@ func (c *Client) Send(ctx context.Context, ep *Endpoint, ev *event.Event, now ti
 		return Result{Err: c.err}
 	}
 	start := time.Now()
-	resp, err := c.http.Do(req)
+	resp, err := c.rt.RoundTrip(req)
 	if err != nil {
+		err = &url.Error{Op: req.Method, URL: ep.URL, Err: err} // as http.Client says it
 		return Result{Err: redact(err), Duration: time.Since(start)}
 	}
 	res := Result{Status: resp.StatusCode}

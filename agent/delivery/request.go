@@ -5,6 +5,7 @@ package delivery
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
@@ -64,6 +65,15 @@ func NewEndpoint(s config.Subscription, userAgent string) *Endpoint {
 		if _, token, ok := strings.Cut(v, " "); ok {
 			ep.addSecret(token) // "Bearer <token>"
 		}
+	}
+	if u := ep.parsed; u != nil && u.User != nil && ep.Header.Get("Authorization") == "" {
+		// What http.Client does with credentials in the URL (config
+		// refuses them; a request built elsewhere may carry them).
+		pass, _ := u.User.Password()
+		basic := base64.StdEncoding.EncodeToString([]byte(u.User.Username() + ":" + pass))
+		ep.Header.Set("Authorization", "Basic "+basic)
+		ep.addSecret(pass)
+		ep.addSecret(basic)
 	}
 	if ep.parsed != nil {
 		for _, vs := range ep.parsed.Query() {
