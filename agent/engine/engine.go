@@ -268,7 +268,22 @@ func (r *runner) stopAll() {
 	for s := range r.running {
 		subs = append(subs, s)
 	}
-	r.stop(subs)
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		r.stop(subs)
+	}()
+	select {
+	case <-stopped:
+	case <-r.hard.Done():
+		// A broker that stopped answering holds the consumers' cancels
+		// (and this process) forever: cut the connections, which ends
+		// every call waiting on them.
+		if r.links != nil {
+			r.links.close()
+		}
+		<-stopped
+	}
 	r.disconnect()
 }
 
