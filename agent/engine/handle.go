@@ -159,7 +159,7 @@ func (s *subscriber) attempt(ctx context.Context, env *env, d *amqp.Delivery, k 
 			msg.Headers[event.HeaderKeyHead] = true
 			hold = func() error { return k.hold(ev.ID) }
 		}
-		if s.replace(env, d, &ev, s.tiers[dec.Delay], s.work, msg, "retry", hold) {
+		if s.replace(env, d, &ev, s.cfg.RetryQueue(dec.Delay), s.work, msg, "retry", hold) {
 			s.metrics.Retried.Inc()
 			env.record(s, &ev, res.Status, res.Duration, metrics.OutcomeRetried, res.Err.Error())
 			s.logEvent(slog.LevelWarn, "retry scheduled", &ev, append(attrs, logging.Err(res.Err), slog.String("delay", dec.Delay.String()))...)
@@ -309,7 +309,7 @@ func (s *subscriber) repair(env *env) {
 	}
 	cfg, _ := env.e.current()
 	plan := topology.Shared(cfg)
-	plan.Queues = s.queues
+	plan.Queues = topology.Subscription(s.cfg, s.opts)
 	if err := env.e.declare(env.hard, env.links, plan); err != nil {
 		s.log.Warn("could not redeclare the subscription's queues", logging.Err(err))
 	}

@@ -129,7 +129,7 @@ func (k *keys) declare(ch *amqp.Channel, queue string) error {
 		false, // auto-delete
 		false, // exclusive
 		false, // no-wait
-		amqp.Table{"x-queue-type": k.s.queueType})
+		amqp.Table{"x-queue-type": k.s.cfg.Broker.QueueType})
 	return err
 }
 

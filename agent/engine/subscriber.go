@@ -34,15 +34,15 @@ const (
 // subscriber runs one subscription: a supervised consumer on its work
 // queue that starts an attempt per delivery, up to `concurrency` at once.
 type subscriber struct {
-	name      string
-	opts      config.Subscription
-	exchange  string
-	queueType string
-	work      string
-	dead      string
-	queues    []topology.Queue // work and dead
-	tiers     map[time.Duration]string
-	endpoint  *delivery.Endpoint
+	name string
+	opts config.Subscription
+	// cfg is the config the subscriber was made from, shared by all: its
+	// queues and tiers are derived when needed rather than kept by each of
+	// thousands of subscribers.
+	cfg      *config.Config
+	work     string
+	dead     string
+	endpoint *delivery.Endpoint
 	client    *delivery.Client
 	rules     *rules.Program
 	rulesErr  error
@@ -59,23 +59,17 @@ type subscriber struct {
 
 func newSubscriber(cfg *config.Config, s config.Subscription, userAgent string, seen *dedup.Window, log *slog.Logger, m *metrics.Subscription) *subscriber {
 	sub := &subscriber{
-		name:      s.Name,
-		opts:      s,
-		exchange:  cfg.Broker.Exchange,
-		queueType: cfg.Broker.QueueType,
-		work:      cfg.WorkQueue(s),
-		dead:      cfg.DeadQueue(s),
-		queues:    topology.Subscription(cfg, s),
-		tiers:     make(map[time.Duration]string),
-		endpoint:  delivery.NewEndpoint(s, userAgent),
-		client:    delivery.NewClient(s),
-		seen:      seen,
-		log:       log.With("subscription", s.Name),
-		metrics:   m,
-		pause:     make(chan struct{}, 1),
-	}
-	for _, d := range s.Tiers() {
-		sub.tiers[d] = cfg.RetryQueue(d)
+		name:     s.Name,
+		opts:     s,
+		cfg:      cfg,
+		work:     cfg.WorkQueue(s),
+		dead:     cfg.DeadQueue(s),
+		endpoint: delivery.NewEndpoint(s, userAgent),
+		client:   delivery.NewClient(s),
+		seen:     seen,
+		log:      log.With("subscription", s.Name),
+		metrics:  m,
+		pause:    make(chan struct{}, 1),
 	}
 	// Validate compiled every expression already: an error here is a bug,
 	// and the subscription parks each event with it rather than guess.
@@ -158,7 +152,7 @@ func (s *subscriber) session(ctx context.Context, env *env) error {
 	}
 	defer release()
 	defer ch.Close()
-	if err := declarer.do(ctx, func() error { return topology.DeclareQueues(ch, s.exchange, s.queues) }); err != nil {
+	if err := declarer.do(ctx, func() error { return topology.DeclareQueues(ch, s.cfg.Broker.Exchange, topology.Subscription(s.cfg, s.opts)) }); err != nil {
 		var conflict *topology.ConflictError
 		if errors.As(err, &conflict) {
 			return &FatalError{err}
