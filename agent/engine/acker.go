@@ -68,8 +68,11 @@ func (a *acker) Ack(tag uint64, multiple bool) error {
 		return err
 	}
 	i, ok := a.find(tag)
-	if !ok || !a.open[i].settled.IsZero() {
+	if !ok {
 		return a.ch.Ack(tag, false) // not tracked: say it as it is
+	}
+	if !a.open[i].settled.IsZero() {
+		return nil // settled already: a second ack would close the channel
 	}
 	a.open[i].settled = time.Now()
 	a.settled++

@@ -263,6 +263,10 @@ func (r *runner) stop(subs []*subscriber) {
 	}
 }
 
+// lastAcks is how long stopping may still take once shutdown_grace is
+// over, before the broker connections are cut.
+const lastAcks = 5 * time.Second
+
 func (r *runner) stopAll() {
 	subs := make([]*subscriber, 0, len(r.running))
 	for s := range r.running {
@@ -276,13 +280,18 @@ func (r *runner) stopAll() {
 	select {
 	case <-stopped:
 	case <-r.hard.Done():
-		// A broker that stopped answering holds the consumers' cancels
-		// (and this process) forever: cut the connections, which ends
-		// every call waiting on them.
-		if r.links != nil {
-			r.links.close()
+		// Attempts cut short now requeue, and acks still go out: give them
+		// a moment. A broker that stopped answering would hold the
+		// consumers' cancels (and this process) forever, so then the
+		// connections are cut, which ends every call waiting on them.
+		select {
+		case <-stopped:
+		case <-time.After(lastAcks):
+			if r.links != nil {
+				r.links.closeWithin(100 * time.Millisecond)
+			}
+			<-stopped
 		}
-		<-stopped
 	}
 	r.disconnect()
 }
@@ -512,13 +521,17 @@ func (e *Engine) plan(cfg *config.Config) []*subscriber {
 		byName[s.name] = s
 	}
 	sameBroker := cur != nil && reflect.DeepEqual(cur.Broker, cfg.Broker)
+	// New subscribers share the broker section, all they derive names
+	// from, not the whole config, which a kept one would pin after later
+	// reloads.
+	broker := &config.Config{Broker: cfg.Broker}
 	subs := make([]*subscriber, 0, len(cfg.Subscriptions))
 	for _, sc := range cfg.Subscriptions {
 		if s, ok := byName[sc.Name]; ok && sameBroker && reflect.DeepEqual(s.opts, sc) && !s.paused.Load() {
 			subs = append(subs, s)
 			continue
 		}
-		subs = append(subs, newSubscriber(cfg, sc, buildinfo.UserAgent(), e.seen, e.log, e.metrics.For(sc.Name)))
+		subs = append(subs, newSubscriber(broker, sc, buildinfo.UserAgent(), e.seen, e.log, e.metrics.For(sc.Name)))
 	}
 	return subs
 }

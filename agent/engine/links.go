@@ -313,7 +313,11 @@ func (l *links) publish(ctx context.Context, exchange, key string, msg amqp.Publ
 }
 
 // close ends every connection; nothing dials after it.
-func (l *links) close() {
+func (l *links) close() { l.closeWithin(5 * time.Second) }
+
+// closeWithin is close waiting at most d for each connection's close-ok:
+// a blocked broker does not read.
+func (l *links) closeWithin(d time.Duration) {
 	l.endLife()
 	l.mu.Lock()
 	l.isClosed = true
@@ -322,11 +326,11 @@ func (l *links) close() {
 	l.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, c := range conns {
-		wg.Go(func() { closeConn(c.conn) })
+		wg.Go(func() { _ = c.conn.CloseDeadline(time.Now().Add(d)) })
 	}
 	l.pubMu.Lock()
 	if l.pubConn != nil {
-		wg.Go(func() { closeConn(l.pubConn) })
+		wg.Go(func() { _ = l.pubConn.CloseDeadline(time.Now().Add(d)) })
 	}
 	l.pubMu.Unlock()
 	wg.Wait()

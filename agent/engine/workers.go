@@ -28,6 +28,7 @@ func (w *workers) work(f func()) {
 	defer idle.Stop()
 	for {
 		f()
+		f = nil // an idle worker must not keep the last message alive
 		idle.Reset(w.idle)
 		select {
 		case f = <-w.tasks:
