@@ -43,12 +43,12 @@ type subscriber struct {
 	work     string
 	dead     string
 	endpoint *delivery.Endpoint
-	client    *delivery.Client
-	rules     *rules.Program
-	rulesErr  error
-	seen      *dedup.Window
-	log       *slog.Logger
-	metrics   *metrics.Subscription
+	client   *delivery.Client
+	rules    *rules.Program
+	rulesErr error
+	seen     *dedup.Window
+	log      *slog.Logger
+	metrics  *metrics.Subscription
 
 	state   atomic.Value // string
 	paused  atomic.Bool
@@ -152,7 +152,9 @@ func (s *subscriber) session(ctx context.Context, env *env) error {
 	}
 	defer release()
 	defer ch.Close()
-	if err := declarer.do(ctx, func() error { return topology.DeclareQueues(ch, s.cfg.Broker.Exchange, topology.Subscription(s.cfg, s.opts)) }); err != nil {
+	if err := declarer.do(ctx, func() error {
+		return topology.DeclareQueues(ch, s.cfg.Broker.Exchange, topology.Subscription(s.cfg, s.opts))
+	}); err != nil {
 		var conflict *topology.ConflictError
 		if errors.As(err, &conflict) {
 			return &FatalError{err}
