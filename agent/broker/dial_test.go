@@ -3,11 +3,8 @@ package broker
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
-	"net/url"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -127,71 +124,11 @@ func TestDialCancelledBeforeStart(t *testing.T) {
 	}
 }
 
-// proxy forwards TCP connections on 127.0.0.1 to target and can cut them
-// all, as a node dying would. It counts the connections it accepted.
-type proxy struct {
-	addr     string
-	accepted atomic.Int32
-	mu       sync.Mutex
-	conns    []net.Conn
-}
-
-func newProxy(t *testing.T, target string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{addr: ln.Addr().String()}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			p.accepted.Add(1)
-			up, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, up)
-			p.mu.Unlock()
-			go func() { _, _ = io.Copy(up, c); up.Close() }()
-			go func() { _, _ = io.Copy(c, up); c.Close() }()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); p.cut() })
-	return p
-}
-
-func (p *proxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
-// nodeURL is the test broker's URL with its host and port replaced by addr.
-func nodeURL(t *testing.T, addr string) string {
-	t.Helper()
-	u, err := url.Parse(brokertest.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Host = addr
-	return u.String()
-}
-
 func TestDialFailsOverAndRemembers(t *testing.T) {
-	brokerAddr := brokertest.Dial(t).RemoteAddr().String()
 	silent, silentAccepted := silentPeer(t)
 	shortenDial(t, 300*time.Millisecond)
-	live := newProxy(t, brokerAddr)
-	b := config.Broker{URLs: []string{nodeURL(t, silent), nodeURL(t, live.addr)}}
+	live := brokertest.NewProxy(t)
+	b := config.Broker{URLs: []string{brokertest.URLAt(t, silent), brokertest.URLAt(t, live.Addr)}}
 
 	for i := range 3 {
 		conn, err := Dial(context.Background(), b, "test")
@@ -204,25 +141,24 @@ func TestDialFailsOverAndRemembers(t *testing.T) {
 	if n := silentAccepted.Load(); n != 1 {
 		t.Errorf("silent node dialed %d times, want 1", n)
 	}
-	if n := live.accepted.Load(); n != 3 {
+	if n := live.Accepted.Load(); n != 3 {
 		t.Errorf("live node dialed %d times, want 3", n)
 	}
 }
 
 func TestDialMovesOffALostNode(t *testing.T) {
-	brokerAddr := brokertest.Dial(t).RemoteAddr().String()
-	a, b := newProxy(t, brokerAddr), newProxy(t, brokerAddr)
-	cfg := config.Broker{URLs: []string{nodeURL(t, a.addr), nodeURL(t, b.addr)}}
+	a, b := brokertest.NewProxy(t), brokertest.NewProxy(t)
+	cfg := config.Broker{URLs: []string{brokertest.URLAt(t, a.Addr), brokertest.URLAt(t, b.Addr)}}
 
 	conn, err := Dial(context.Background(), cfg, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
 	closed := conn.NotifyClose(make(chan *amqp.Error, 1))
-	if a.accepted.Load() != 1 || b.accepted.Load() != 0 {
-		t.Fatalf("first dial went to a=%d b=%d connections, want node a", a.accepted.Load(), b.accepted.Load())
+	if a.Accepted.Load() != 1 || b.Accepted.Load() != 0 {
+		t.Fatalf("first dial went to a=%d b=%d connections, want node a", a.Accepted.Load(), b.Accepted.Load())
 	}
-	a.cut() // node a dies under the connection
+	a.Cut() // node a dies under the connection
 	if err := <-closed; err == nil {
 		t.Fatal("connection closed without an error")
 	}
@@ -237,8 +173,8 @@ func TestDialMovesOffALostNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if a.accepted.Load() != 1 || b.accepted.Load() != 1 {
-		t.Errorf("redial went to a=%d b=%d connections in all, want a=1 b=1", a.accepted.Load(), b.accepted.Load())
+	if a.Accepted.Load() != 1 || b.Accepted.Load() != 1 {
+		t.Errorf("redial went to a=%d b=%d connections in all, want a=1 b=1", a.Accepted.Load(), b.Accepted.Load())
 	}
 }
 

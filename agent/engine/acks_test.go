@@ -38,10 +38,10 @@ func TestSlowAttemptDoesNotHoldTheOthersAcks(t *testing.T) {
 	e := hdStart(t, cfg)
 	waitState(t, e.Engine, "slowfront", engine.StateConsuming)
 
-	warrentest.Publish(t, cfg, "order.paid", jsonEvents("evt_slow", 1)...)
+	warrentest.Publish(t, cfg, "order.paid", events(1, "evt_slow")...)
 	rc.WaitFor(t, 10*time.Second, "the slow event", func(r []warrentest.Request) bool { return len(r) == 1 })
 	const others = 40
-	warrentest.Publish(t, cfg, "order.paid", jsonEvents("evt_after", others)...)
+	warrentest.Publish(t, cfg, "order.paid", events(others, "evt_after")...)
 	rc.WaitFor(t, 20*time.Second, "every event behind the slow one", func(r []warrentest.Request) bool {
 		return len(r) == 1+others
 	})

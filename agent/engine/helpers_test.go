@@ -30,13 +30,25 @@ func ids(reqs []warrentest.Request) []string {
 
 func ptr(d amqp.Delivery) *amqp.Delivery { return &d }
 
-// jsonEvents returns n JSON events with ids prefix-000, prefix-001, ...
-func jsonEvents(prefix string, n int) []amqp.Publishing {
+// events returns n JSON events with ids prefix-000, prefix-001, ...
+func events(n int, prefix string) []amqp.Publishing {
 	msgs := make([]amqp.Publishing, n)
 	for i := range msgs {
 		msgs[i] = warrentest.JSON(fmt.Sprintf("%s-%03d", prefix, i), `{}`)
 	}
 	return msgs
+}
+
+// waitUntil polls cond until it holds, failing the test after timeout.
+func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // counter reads a counter of the engine's metrics with one label matching.

@@ -2,26 +2,15 @@ package engine_test
 
 import (
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	amqp "github.com/rabbitmq/amqp091-go"
-
 	"github.com/warren-hq/warren/agent/engine"
 	"github.com/warren-hq/warren/agent/internal/warrentest"
 	"github.com/warren-hq/warren/config"
 )
-
-func events(n int, prefix string) []amqp.Publishing {
-	msgs := make([]amqp.Publishing, n)
-	for i := range msgs {
-		msgs[i] = warrentest.JSON(fmt.Sprintf("%s-%d", prefix, i), `{}`)
-	}
-	return msgs
-}
 
 func TestCircuitBreakerHoldsMessagesInBroker(t *testing.T) {
 	var down atomic.Bool

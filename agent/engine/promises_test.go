@@ -270,10 +270,10 @@ func TestInFlightGauge(t *testing.T) {
 	}
 	warrentest.Publish(t, cfg, "k", events(3, "evt_inflight")...)
 	rc.WaitFor(t, 10*time.Second, "three held requests", func(r []warrentest.Request) bool { return len(r) == 3 })
-	hdWait(t, 5*time.Second, "warren_in_flight_requests = 3", func() bool { return gauge() == 3 })
+	waitUntil(t, 5*time.Second, "warren_in_flight_requests = 3", func() bool { return gauge() == 3 })
 	open()
 	warrentest.WaitSettled(t, cfg, 10*time.Second)
-	hdWait(t, 5*time.Second, "warren_in_flight_requests = 0", func() bool { return gauge() == 0 })
+	waitUntil(t, 5*time.Second, "warren_in_flight_requests = 0", func() bool { return gauge() == 0 })
 	if n := len(rc.Requests()); n != 3 {
 		t.Errorf("endpoint got %d requests, want 3", n)
 	}

@@ -129,8 +129,8 @@ func TestPriorityUnderMaxInFlight(t *testing.T) {
 	cfg.Server.MaxInFlight = 1
 	warrentest.Apply(t, cfg)
 	const n = 40
-	warrentest.Publish(t, cfg, "low", jsonEvents("evt_low", n)...)
-	warrentest.Publish(t, cfg, "high", jsonEvents("evt_high", n)...)
+	warrentest.Publish(t, cfg, "low", events(n, "evt_low")...)
+	warrentest.Publish(t, cfg, "high", events(n, "evt_high")...)
 	start(t, cfg)
 	reqs := rc.WaitFor(t, 30*time.Second, "every event", func(r []warrentest.Request) bool { return len(r) == 2*n })
 	// Both consumers start at once, so a few low events may win the first
@@ -163,7 +163,7 @@ func TestMaxPriorityOvertakes(t *testing.T) {
 	cfg := warrentest.Config(t, sub)
 	warrentest.Apply(t, cfg)
 	var msgs []amqp.Publishing
-	for i, m := range jsonEvents("evt_p", 20) {
+	for i, m := range events(20, "evt_p") {
 		if i >= 10 {
 			m.Priority = 9
 		}
