@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"slices"
 	"sync"
 	"time"
@@ -146,15 +147,7 @@ func (a *acker) ackSettled(cutoff time.Time) {
 }
 
 func (a *acker) find(tag uint64) (int, bool) {
-	return slices.BinarySearchFunc(a.open, tag, func(p pendingAck, t uint64) int {
-		switch {
-		case p.tag < t:
-			return -1
-		case p.tag > t:
-			return 1
-		}
-		return 0
-	})
+	return slices.BinarySearchFunc(a.open, tag, func(p pendingAck, t uint64) int { return cmp.Compare(p.tag, t) })
 }
 
 func (a *acker) forget(tag uint64, multiple bool) {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -430,42 +429,6 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 			return fmt.Errorf("the broker cancelled the consumer (queue %s deleted?)", s.work)
 		}
 	}
-}
-
-// declarer runs the subscriptions' declares on a few goroutines of its
-// own: thousands of subscriptions starting together would otherwise queue
-// thousands of synchronous declares on the broker, and each subscription's
-// long-lived goroutine would keep the deep stack a declare grows.
-var declarer = newPool(32)
-
-// pool runs functions on a fixed set of goroutines, started on first use.
-type pool struct {
-	work  chan func()
-	start sync.Once
-	n     int
-}
-
-func newPool(n int) *pool { return &pool{work: make(chan func()), n: n} }
-
-// do runs f on one of the pool's goroutines and returns its error, or
-// ctx's if ctx ends first.
-func (p *pool) do(ctx context.Context, f func() error) error {
-	p.start.Do(func() {
-		for range p.n {
-			go func() {
-				for job := range p.work {
-					job()
-				}
-			}()
-		}
-	})
-	done := make(chan error, 1)
-	select {
-	case p.work <- func() { done <- f() }:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	return <-done
 }
 
 func ack(d *amqp.Delivery, log *slog.Logger) {

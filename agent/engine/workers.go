@@ -1,6 +1,10 @@
 package engine
 
-import "time"
+import (
+	"context"
+	"sync"
+	"time"
+)
 
 // attempts runs the attempts of every subscription on goroutines that live
 // on while there is work. An attempt grows its goroutine's stack to tens
@@ -36,4 +40,40 @@ func (w *workers) work(f func()) {
 			return
 		}
 	}
+}
+
+// declarer runs the subscriptions' declares on a few goroutines of its
+// own: thousands of subscriptions starting together would otherwise queue
+// thousands of synchronous declares on the broker, and each subscription's
+// long-lived goroutine would keep the deep stack a declare grows.
+var declarer = newPool(32)
+
+// pool runs functions on a fixed set of goroutines, started on first use.
+type pool struct {
+	work  chan func()
+	start sync.Once
+	n     int
+}
+
+func newPool(n int) *pool { return &pool{work: make(chan func()), n: n} }
+
+// do runs f on one of the pool's goroutines and returns its error, or
+// ctx's if ctx ends first.
+func (p *pool) do(ctx context.Context, f func() error) error {
+	p.start.Do(func() {
+		for range p.n {
+			go func() {
+				for job := range p.work {
+					job()
+				}
+			}()
+		}
+	})
+	done := make(chan error, 1)
+	select {
+	case p.work <- func() { done <- f() }:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return <-done
 }
