@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -86,8 +85,7 @@ func (c *Client) Send(ctx context.Context, ep *Endpoint, ev *event.Event, now ti
 	start := time.Now()
 	resp, err := c.rt.RoundTrip(req)
 	if err != nil {
-		err = &url.Error{Op: req.Method, URL: ep.URL, Err: err} // as http.Client says it
-		return Result{Err: redact(err), Duration: time.Since(start)}
+		return Result{Err: transportError(req.Method, err), Duration: time.Since(start)}
 	}
 	res := Result{Status: resp.StatusCode}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
@@ -113,17 +111,14 @@ func statusError(status int, preview string) error {
 	return errors.New(msg)
 }
 
-// redact drops the URL from transport errors (its query may hold a token)
-// and cleans what the endpoint may have put in them.
-func redact(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		if errors.Is(ue.Err, context.DeadlineExceeded) {
-			return errors.New("timeout: no complete answer in time")
-		}
-		return cleanError{fmt.Errorf("%s request: %w", strings.ToLower(ue.Op), ue.Err)}
+// transportError says what went wrong with a request's transport, without
+// the URL (its query may hold a token), and cleans what the endpoint may
+// have put in it.
+func transportError(method string, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return errors.New("timeout: no complete answer in time")
 	}
-	return cleanError{err}
+	return cleanError{fmt.Errorf("%s request: %w", strings.ToLower(method), err)}
 }
 
 // cleanError is an error whose text is safe for a terminal.
