@@ -114,38 +114,19 @@ func hdLabelsMatch(m *dto.Metric, labels map[string]string) bool {
 	return true
 }
 
-func hdCtl(t *testing.T, args ...string) string {
-	t.Helper()
-	out, err := exec.Command("rabbitmqctl", args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("rabbitmqctl %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
 // hdSettled waits until every queue listed holds no ready and no unacked
 // message: nothing is left that could still reach an endpoint.
 func hdSettled(t *testing.T, timeout time.Duration, queues ...string) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		out := hdCtl(t, "list_queues", "-q", "--no-table-headers", "name", "messages_ready", "messages_unacknowledged")
+		held := warrentest.Messages(t, "")
 		busy := map[string]string{}
 		for _, q := range queues {
-			busy[q] = "missing"
-		}
-		for _, line := range strings.Split(out, "\n") {
-			f := strings.Fields(line)
-			if len(f) != 3 {
-				continue
-			}
-			if _, ok := busy[f[0]]; !ok {
-				continue
-			}
-			if f[1] == "0" && f[2] == "0" {
-				delete(busy, f[0])
-			} else {
-				busy[f[0]] = f[1] + " ready, " + f[2] + " unacked"
+			if n, ok := held[q]; !ok {
+				busy[q] = "missing"
+			} else if n > 0 {
+				busy[q] = fmt.Sprintf("holds %d, ready or unacked", n)
 			}
 		}
 		if len(busy) == 0 {
@@ -231,9 +212,9 @@ func hdPublishAs(t *testing.T, rawURL, exchange, key string, msgs ...amqp.Publis
 func TestForeignUserIDIsNotLooped(t *testing.T) {
 	user := brokertest.Unique(t)
 	pass := "pw-" + user
-	hdCtl(t, "add_user", user, pass)
+	rsMustCtl(t, "add_user", user, pass)
 	t.Cleanup(func() { exec.Command("rabbitmqctl", "delete_user", user).Run() })
-	hdCtl(t, "set_permissions", "-p", "/", user, ".*", ".*", ".*")
+	rsMustCtl(t, "set_permissions", "-p", "/", user, ".*", ".*", ".*")
 
 	rc := warrentest.NewReceiver(t, func(int, *http.Request) int { return http.StatusServiceUnavailable })
 	s := config.Subscription{Name: "foreign", URL: rc.URL, Events: []string{"#"}}
@@ -623,7 +604,7 @@ func TestMaxBodyBytesParksAtOnce(t *testing.T) {
 // broker lists it.
 func hdConsumerChannel(t *testing.T, queue string) string {
 	t.Helper()
-	out := hdCtl(t, "list_consumers", "-q", "--no-table-headers", "queue_name", "channel_pid", "consumer_tag")
+	out := rsMustCtl(t, "list_consumers", "-q", "--no-table-headers", "queue_name", "channel_pid", "consumer_tag")
 	for _, line := range strings.Split(out, "\n") {
 		if f := strings.Fields(line); len(f) == 3 && f[0] == queue {
 			return f[1] + " " + f[2]
@@ -747,7 +728,7 @@ func TestMoreSubscriptionsThanOneConnectionCarries(t *testing.T) {
 	}
 	mu.Unlock()
 
-	out := hdCtl(t, "list_connections", "-q", "--no-table-headers", "client_properties", "channels")
+	out := rsMustCtl(t, "list_connections", "-q", "--no-table-headers", "client_properties", "channels")
 	conns := 0
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)

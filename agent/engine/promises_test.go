@@ -344,8 +344,8 @@ func TestQuorumRedeliveryLimitParks(t *testing.T) {
 	cfg.Broker.QueueType = config.QueueQuorum
 	s := cfg.Subscriptions[0]
 	policy := cfg.Broker.QueuePrefix + "-delivery-limit"
-	hdCtl(t, "set_policy", "--apply-to", "queues", policy, "^"+strings.ReplaceAll(cfg.Broker.QueuePrefix, ".", `\.`)+`\.`, `{"delivery-limit": 2}`)
-	t.Cleanup(func() { hdCtl(t, "clear_policy", policy) })
+	rsMustCtl(t, "set_policy", "--apply-to", "queues", policy, "^"+strings.ReplaceAll(cfg.Broker.QueuePrefix, ".", `\.`)+`\.`, `{"delivery-limit": 2}`)
+	t.Cleanup(func() { rsMustCtl(t, "clear_policy", policy) })
 	warrentest.Apply(t, cfg)
 	warrentest.Publish(t, cfg, "k", warrentest.JSON("evt_poison", `{}`))
 
