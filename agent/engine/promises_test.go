@@ -50,6 +50,22 @@ func countType(evs []opEvent, typ string) int {
 	return n
 }
 
+// startGoneAndOps runs subscription "gone" (concurrency 1) on pattern to
+// url, and "ops" receiving the operator events, with operator events on.
+func startGoneAndOps(t *testing.T, url, pattern string) (*config.Config, *hdEngine, *warrentest.Receiver) {
+	t.Helper()
+	ops := warrentest.NewReceiver(t, nil)
+	cfg := warrentest.Config(t,
+		config.Subscription{Name: "gone", URL: url, Events: []string{pattern}, Options: config.Options{Concurrency: 1}},
+		config.Subscription{Name: "ops", URL: ops.URL, Events: []string{"warren.#"}},
+	)
+	cfg.Broker.OperatorEvents = true
+	e := hdStart(t, cfg)
+	waitState(t, e.Engine, "gone", engine.StateConsuming)
+	waitState(t, e.Engine, "ops", engine.StateConsuming)
+	return cfg, e, ops
+}
+
 // TestGonePausedUntilReloadResumes: a 410 Gone pauses the subscription and
 // leaves later events in the work queue; a reload with the same config
 // resumes it, announces warren.subscription.resumed, and delivery goes on.
@@ -62,16 +78,8 @@ func TestGonePausedUntilReloadResumes(t *testing.T) {
 		}
 		return http.StatusOK
 	})
-	ops := warrentest.NewReceiver(t, nil)
-	cfg := warrentest.Config(t,
-		config.Subscription{Name: "gone", URL: rc.URL, Events: []string{"order.*"}, Options: config.Options{Concurrency: 1}},
-		config.Subscription{Name: "ops", URL: ops.URL, Events: []string{"warren.#"}},
-	)
-	cfg.Broker.OperatorEvents = true
+	cfg, e, ops := startGoneAndOps(t, rc.URL, "order.*")
 	s := cfg.Subscriptions[0]
-	e := hdStart(t, cfg)
-	waitState(t, e.Engine, "gone", engine.StateConsuming)
-	waitState(t, e.Engine, "ops", engine.StateConsuming)
 
 	warrentest.Publish(t, cfg, "order.created", warrentest.JSON("evt_resume_1", `{}`))
 	waitState(t, e.Engine, "gone", engine.StatePaused)
@@ -157,16 +165,8 @@ func TestParkedOperatorEventsAreNotAnnounced(t *testing.T) {
 // number of operator events, no loop.
 func TestGoneOnOperatorEventsIsBounded(t *testing.T) {
 	gone := warrentest.NewReceiver(t, func(int, *http.Request) int { return http.StatusGone })
-	ops := warrentest.NewReceiver(t, nil)
-	cfg := warrentest.Config(t,
-		config.Subscription{Name: "gone", URL: gone.URL, Events: []string{"#"}, Options: config.Options{Concurrency: 1}},
-		config.Subscription{Name: "ops", URL: ops.URL, Events: []string{"warren.#"}},
-	)
-	cfg.Broker.OperatorEvents = true
+	cfg, e, ops := startGoneAndOps(t, gone.URL, "#")
 	s := cfg.Subscriptions[0]
-	e := hdStart(t, cfg)
-	waitState(t, e.Engine, "gone", engine.StateConsuming)
-	waitState(t, e.Engine, "ops", engine.StateConsuming)
 
 	warrentest.Publish(t, cfg, "order.created", warrentest.JSON("evt_gone_loop", `{}`))
 	waitState(t, e.Engine, "gone", engine.StatePaused)
