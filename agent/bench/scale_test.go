@@ -212,9 +212,7 @@ func (e *env) scaleRun(b *testing.B, bin string, n int) (row scaleRow) {
 	t0 := time.Now()
 	stopTimeline := func() {}
 	if os.Getenv("WARREN_BENCH_TIMELINE") != "" {
-		// It lists every queue every 2 s, which loads the broker: off by
-		// default so the fan-out is measured alone.
-		stopTimeline = e.fanOutTimeline(rc, t0, ours)
+		stopTimeline = e.fanOutTimeline(p, rc, t0)
 	}
 	e.publishTo(scaleKey, run, 1, 0)
 	p.wait(rc.done, scaleFanOutLimit, rc.progress)
@@ -242,6 +240,13 @@ func (e *env) scaleRun(b *testing.B, bin string, n int) (row scaleRow) {
 		e.fail("%d duplicate and %d unexpected requests", d, s)
 	}
 	row.httpConns = rc.newConns.Load()
+	// A slow fan-out is most often attempts that failed and waited out
+	// a retry delay: say so.
+	for k, v := range goMetrics(client, metricsAddr) {
+		if o, ok := strings.CutPrefix(k, "outcome="); ok && o != "delivered" && v > 0 {
+			fmt.Printf("  %d subscriptions: fan-out: %.0f deliveries %s\n", n, v, o)
+		}
+	}
 	row.rssAfter = mb(p.status("VmRSS"))
 	row.hwm = mb(p.status("VmHWM"))
 	row.brokerAfter = mb(e.brokerMemory())
@@ -279,7 +284,8 @@ func readyConsuming(client *http.Client, addr string) int {
 	return n
 }
 
-// goMetrics reads the unlabelled go_* samples of /metrics; a missing one
+// goMetrics reads the unlabelled go_* samples of /metrics, and sums
+// warren_deliveries_total by outcome under "outcome=NAME"; a missing one
 // reads 0.
 func goMetrics(client *http.Client, addr string) map[string]float64 {
 	m := map[string]float64{}
@@ -292,51 +298,53 @@ func goMetrics(client *http.Client, addr string) map[string]float64 {
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
 		name, v, ok := strings.Cut(sc.Text(), " ")
-		if !ok || !strings.HasPrefix(name, "go_") {
+		if !ok {
 			continue
 		}
-		if f, err := strconv.ParseFloat(v, 64); err == nil {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(name, "go_"):
 			m[name] = f
+		case strings.HasPrefix(name, "warren_deliveries_total{"):
+			_, o, _ := strings.Cut(name, `outcome="`)
+			o, _, _ = strings.Cut(o, `"`)
+			m["outcome="+o] += f
 		}
 	}
 	return m
 }
 
-// fanOutTimeline prints, every few seconds until stopped, how many
-// endpoints have the event and how many copies the broker still holds
-// ready (not yet pushed to warren) or unacknowledged (at warren): a pause
-// with copies ready is the broker's, one with copies unacknowledged is
-// warren's.
-func (e *env) fanOutTimeline(rc *scaleReceiver, t0 time.Time, ours func(string) bool) (stop func()) {
+// fanOutTimeline prints, every second until stopped, how many endpoints
+// have the event and the share of a core warren and the broker used over
+// that second: a pause where the broker works alone is the broker's, one
+// where warren does is warren's, one where neither does is a wait (a
+// timer, a retry delay, the network).
+func (e *env) fanOutTimeline(p *proc, rc *scaleReceiver, t0 time.Time) (stop func()) {
 	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
+		// cpuOf, not p.cpu: a failure here must not end the benchmark
+		// from this goroutine.
+		cpus := func() (time.Duration, time.Duration, time.Time) {
+			c, _ := cpuOf(p.cmd.Process.Pid)
+			b, _ := cpuOf(e.brokerPID)
+			return c, b, time.Now()
+		}
+		cpu, bcpu, at := cpus()
 		for {
 			select {
 			case <-quit:
 				return
-			case <-time.After(2 * time.Second):
+			case <-time.After(time.Second):
 			}
-			at := time.Since(t0).Seconds()
-			got := rc.unique.Load()
-			out, err := exec.Command("rabbitmqctl", "-q", "list_queues", "--no-table-headers",
-				"name", "messages_ready", "messages_unacknowledged").Output()
-			if err != nil {
-				continue
-			}
-			ready, unacked := 0, 0
-			for l := range strings.Lines(string(out)) {
-				f := strings.Fields(l)
-				if len(f) != 3 || !ours(f[0]) || strings.Contains(f[0], ".retry.") {
-					continue
-				}
-				r, _ := strconv.Atoi(f[1])
-				u, _ := strconv.Atoi(f[2])
-				ready += r
-				unacked += u
-			}
-			fmt.Printf("    fan-out +%.1f s: %d endpoints have it; broker: %d ready, %d unacked (listed by +%.1f s)\n",
-				at, got, ready, unacked, time.Since(t0).Seconds())
+			cpu1, bcpu1, at1 := cpus()
+			span := float64(at1.Sub(at))
+			fmt.Printf("    fan-out +%.1f s: %d endpoints have it; CPU over the last second: warren %.0f%%, broker %.0f%% of a core\n",
+				at1.Sub(t0).Seconds(), rc.unique.Load(), 100*float64(cpu1-cpu)/span, 100*float64(bcpu1-bcpu)/span)
+			cpu, bcpu, at = cpu1, bcpu1, at1
 		}
 	}()
 	return func() { close(quit); <-done }
