@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -19,7 +20,15 @@ var metricName = regexp.MustCompile(`\b(?:warren|go|process)_[a-z0-9_]+\b`)
 // the Prometheus alerts query is one warren exports.
 func TestExampleDashboards(t *testing.T) {
 	m := New()
-	m.For("orders")
+	// Every series of a subscription, each made to appear by a first use.
+	s := m.For("orders")
+	for _, c := range []*Counter{s.Requeued, s.Filtered, s.DedupSkipped} {
+		c.Inc()
+	}
+	for _, g := range []*Gauge{s.InFlight, s.CircuitOpen, s.Paused} {
+		g.Inc()
+	}
+	s.Latency.Observe(1)
 	m.Reloads.WithLabelValues("success")
 	families, err := m.Registry.Gather()
 	if err != nil {
@@ -124,4 +133,57 @@ func TestAlertRulesWithPromtool(t *testing.T) {
 	if err != nil {
 		t.Errorf("promtool check rules: %v\n%s", err, out)
 	}
+}
+
+// TestSeriesAppearAtFirstUse: a new subscription exports its queue depths
+// and the counters alerts watch; another counter appears at its first
+// increment, a gauge at its first change from 0, and Forget removes them
+// all.
+func TestSeriesAppearAtFirstUse(t *testing.T) {
+	m := New()
+	s := m.For("orders")
+	s.Paused.Set(0)
+	s.CircuitOpen.Set(0)
+	fresh := []string{"warren_deliveries_total", "warren_deliveries_total", "warren_deliveries_total", "warren_queue_messages", "warren_queue_messages"}
+	if got := seriesOf(t, m, "orders"); !slices.Equal(got, fresh) {
+		t.Fatalf("a new subscription exports %v, want %v", got, fresh)
+	}
+	s.Requeued.Inc()
+	s.Paused.Set(1)
+	want := append(slices.Clone(fresh), "warren_subscription_paused")
+	want = slices.Insert(want, 0, "warren_deliveries_total")
+	if got := seriesOf(t, m, "orders"); !slices.Equal(got, want) {
+		t.Fatalf("after a requeue and a pause exported %v, want %v", got, want)
+	}
+	// The subscription restarts, unpaused, with metrics bound anew.
+	m.For("orders").Paused.Set(0)
+	if got := seriesOf(t, m, "orders"); slices.Contains(got, "warren_subscription_paused") {
+		t.Fatalf("warren_subscription_paused still exported (at 1) once a restarted subscription set it to 0: %v", got)
+	}
+	m.Forget("orders")
+	if got := seriesOf(t, m, "orders"); len(got) != 0 {
+		t.Fatalf("after Forget exported %v, want nothing", got)
+	}
+}
+
+// seriesOf lists the family of every series labelled subscription=name,
+// sorted.
+func seriesOf(t *testing.T, m *Metrics, name string) []string {
+	t.Helper()
+	families, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, f := range families {
+		for _, s := range f.GetMetric() {
+			for _, l := range s.GetLabel() {
+				if l.GetName() == "subscription" && l.GetValue() == name {
+					out = append(out, f.GetName())
+				}
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
 }
