@@ -383,3 +383,34 @@ func TestQuorumRedeliveryLimitParks(t *testing.T) {
 		t.Errorf("work queue holds %d, want 0", n)
 	}
 }
+
+// TestWorkDepthGauge: warren_queue_messages{kind="work"} shows the events
+// waiting behind a full prefetch window, and 0 once the consumer holds
+// nothing (then the sampler does not ask the broker).
+func TestWorkDepthGauge(t *testing.T) {
+	release := make(chan struct{})
+	var once sync.Once
+	open := func() { once.Do(func() { close(release) }) }
+	rc := warrentest.NewReceiver(t, func(int, *http.Request) int {
+		<-release
+		return http.StatusOK
+	})
+	t.Cleanup(open)
+	s := config.Subscription{Name: "deep", URL: rc.URL, Events: []string{"#"},
+		Options: config.Options{Concurrency: 1, Prefetch: 1, Timeout: 20 * time.Second}}
+	cfg := warrentest.Config(t, s)
+	e := hdStart(t, cfg, func(e *engine.Engine) { e.SampleEvery = 50 * time.Millisecond })
+	waitState(t, e.Engine, "deep", engine.StateConsuming)
+	depth := func() float64 {
+		return e.metric(t, "warren_queue_messages", map[string]string{"subscription": "deep", "kind": "work"})
+	}
+	warrentest.Publish(t, cfg, "k", events(5, "evt_depth")...)
+	rc.WaitFor(t, 10*time.Second, "the first request", func(r []warrentest.Request) bool { return len(r) == 1 })
+	waitUntil(t, 10*time.Second, "a work depth of 4 behind the held event", func() bool { return depth() == 4 })
+	open()
+	warrentest.WaitSettled(t, cfg, 10*time.Second)
+	waitUntil(t, 10*time.Second, "a work depth of 0", func() bool { return depth() == 0 })
+	if n := len(rc.Requests()); n != 5 {
+		t.Errorf("endpoint got %d requests, want 5", n)
+	}
+}

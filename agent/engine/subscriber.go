@@ -49,8 +49,12 @@ type subscriber struct {
 	log      *slog.Logger
 	metrics  *metrics.Subscription
 
-	state   atomic.Value // string
-	paused  atomic.Bool
+	state  atomic.Value // string
+	paused atomic.Bool
+	// empty is true while the consumer is up and holds no delivery: the
+	// broker would have pushed it whatever was ready, so the work queue
+	// has nothing ready and the depth sampler need not ask.
+	empty   atomic.Bool
 	pause   chan struct{} // a 410 asks the consume loop to stop
 	breaker *breaker
 	limiter *rate.Limiter // nil: unlimited
@@ -276,6 +280,11 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 	} else {
 		s.state.Store(StateConsuming)
 	}
+	// An ordered queue may have a consumer of another warren active
+	// instead of this one; a probe takes one message at a time.
+	unheld := func() bool { return k == nil && !probe }
+	s.empty.Store(unheld())
+	defer s.empty.Store(false)
 
 	// Attempts run in goroutines, at most `workers` at once sending; each
 	// reports when it is done, with its key in an ordered subscription.
@@ -385,6 +394,7 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 				return fmt.Errorf("the broker cancelled the consumer (queue %s deleted?)", s.work)
 			}
 			acks.track(&d)
+			s.empty.Store(false)
 			dispatch(d)
 			if err := subscribe(win.arrived(int64(len(d.Body)))); err != nil {
 				settle(false)
@@ -399,6 +409,7 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 			if !f.after {
 				sending--
 			}
+			s.empty.Store(busy == 0 && unheld())
 			if queued, ok := waiting[f.key]; ok && f.keyed {
 				if len(queued) == 0 {
 					delete(waiting, f.key)
