@@ -110,6 +110,7 @@ type env struct {
 func (s *subscriber) run(ctx context.Context, env *env) error {
 	// The gauges are the subscription's, not this subscriber's: set here,
 	// when it replaces the one before, not when a reload merely plans it.
+	s.metrics.Start()
 	s.metrics.Paused.Set(0)
 	s.metrics.CircuitOpen.Set(0)
 	backoff := env.e.MinBackoff
@@ -249,6 +250,9 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 			return nil
 		}
 		if deliveries != nil {
+			// Until the new consumer is up, the queue may hold ready
+			// messages nobody is pushed.
+			s.empty.Store(false)
 			requeue(true)
 		}
 		consumers++
@@ -409,7 +413,6 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 			if !f.after {
 				sending--
 			}
-			s.empty.Store(busy == 0 && unheld())
 			if queued, ok := waiting[f.key]; ok && f.keyed {
 				if len(queued) == 0 {
 					delete(waiting, f.key)
@@ -422,6 +425,7 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 				settle(false)
 				return err
 			}
+			s.empty.Store(busy == 0 && unheld())
 		case <-ctx.Done():
 			settle(true)
 			return nil

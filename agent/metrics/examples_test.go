@@ -22,6 +22,7 @@ func TestExampleDashboards(t *testing.T) {
 	m := New()
 	// Every series of a subscription, each made to appear by a first use.
 	s := m.For("orders")
+	s.Start()
 	for _, c := range []*Counter{s.Requeued, s.Filtered, s.DedupSkipped} {
 		c.Inc()
 	}
@@ -135,18 +136,22 @@ func TestAlertRulesWithPromtool(t *testing.T) {
 	}
 }
 
-// TestSeriesAppearAtFirstUse: a new subscription exports its queue depths
-// and the counters alerts watch; another counter appears at its first
-// increment, a gauge at its first change from 0, and Forget removes them
-// all.
+// TestSeriesAppearAtFirstUse: binding a subscription's metrics exports
+// nothing; starting it exports its queue depths and the counters alerts
+// watch; another counter appears at its first increment, a gauge at its
+// first change from 0, and Forget removes them all.
 func TestSeriesAppearAtFirstUse(t *testing.T) {
 	m := New()
 	s := m.For("orders")
+	if got := seriesOf(t, m, "orders"); len(got) != 0 {
+		t.Fatalf("a subscription planned but not started exports %v, want nothing", got)
+	}
+	s.Start()
 	s.Paused.Set(0)
 	s.CircuitOpen.Set(0)
 	fresh := []string{"warren_deliveries_total", "warren_deliveries_total", "warren_deliveries_total", "warren_queue_messages", "warren_queue_messages"}
 	if got := seriesOf(t, m, "orders"); !slices.Equal(got, fresh) {
-		t.Fatalf("a new subscription exports %v, want %v", got, fresh)
+		t.Fatalf("a started subscription exports %v, want %v", got, fresh)
 	}
 	s.Requeued.Inc()
 	s.Paused.Set(1)

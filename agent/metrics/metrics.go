@@ -102,59 +102,66 @@ func New() *Metrics {
 	return m
 }
 
-// Subscription holds one subscription's metrics with labels bound. Most
-// series appear on /metrics at their first use, not when the subscription
-// starts: at 10,000 subscriptions, series that were never used were a third
-// of warren's idle heap, and most of every scrape. The counters alerts
-// watch (delivered, retried, parked) start at 0, as increase() does not
-// count a series' first sample; the queue depths are set by the sampler.
+// Subscription holds one subscription's metrics with labels bound. Binding
+// creates no series: a subscription that is planned but never runs (a
+// reload the broker refused) exports nothing. Start makes the series every
+// running subscription exports; the others appear at their first use, as
+// at 10,000 subscriptions series that were never used were a fifth of
+// warren's idle heap, and most of every scrape.
 type Subscription struct {
-	Delivered, Retried, Parked prometheus.Counter
+	Delivered, Retried, Parked *Counter
 	Requeued, Filtered         *Counter
+	DedupSkipped               *Counter
 	Latency                    *Histogram
 	InFlight                   *Gauge
 	CircuitOpen                *Gauge
 	Paused                     *Gauge
-	WorkMessages, DeadMessages prometheus.Gauge
-	DedupSkipped               *Counter
+	WorkMessages, DeadMessages *Gauge
 }
 
 // For binds the metrics of subscription name.
 func (m *Metrics) For(name string) *Subscription {
-	outcome := func(o string) *Counter { return &Counter{vec: m.deliveries, labels: [2]string{name, o}} }
-	gauge := func(vec *prometheus.GaugeVec) *Gauge { return &Gauge{vec: vec, name: name} }
+	outcome := func(o string) *Counter { return &Counter{vec: m.deliveries, labels: []string{name, o}} }
+	gauge := func(vec *prometheus.GaugeVec, labels ...string) *Gauge {
+		return &Gauge{vec: vec, labels: append([]string{name}, labels...)}
+	}
 	return &Subscription{
-		Delivered:    m.deliveries.WithLabelValues(name, OutcomeDelivered),
-		Retried:      m.deliveries.WithLabelValues(name, OutcomeRetried),
-		Parked:       m.deliveries.WithLabelValues(name, OutcomeParked),
+		Delivered:    outcome(OutcomeDelivered),
+		Retried:      outcome(OutcomeRetried),
+		Parked:       outcome(OutcomeParked),
 		Requeued:     outcome(OutcomeRequeued),
 		Filtered:     outcome(OutcomeFiltered),
+		DedupSkipped: &Counter{vec: m.dedupSkipped, labels: []string{name}},
 		Latency:      &Histogram{vec: m.latency, name: name},
 		InFlight:     gauge(m.inFlight),
 		CircuitOpen:  gauge(m.circuitOpen),
 		Paused:       gauge(m.paused),
-		WorkMessages: m.queueMessages.WithLabelValues(name, "work"),
-		DeadMessages: m.queueMessages.WithLabelValues(name, "dead"),
-		DedupSkipped: &Counter{vec: m.dedupSkipped, labels: [2]string{name}},
+		WorkMessages: gauge(m.queueMessages, "work"),
+		DeadMessages: gauge(m.queueMessages, "dead"),
 	}
+}
+
+// Start makes the series a running subscription always exports: its queue
+// depths, and the counters alerts watch at 0, as increase() does not count
+// a series' first sample.
+func (s *Subscription) Start() {
+	for _, c := range []*Counter{s.Delivered, s.Retried, s.Parked} {
+		c.series()
+	}
+	s.WorkMessages.series()
+	s.DeadMessages.series()
 }
 
 // Counter is a counter series created at its first increment.
 type Counter struct {
 	vec    *prometheus.CounterVec
-	labels [2]string // the second is empty for a vector of one label
+	labels []string
 	once   sync.Once
 	c      prometheus.Counter
 }
 
 func (c *Counter) series() prometheus.Counter {
-	c.once.Do(func() {
-		if c.labels[1] == "" {
-			c.c = c.vec.WithLabelValues(c.labels[0])
-		} else {
-			c.c = c.vec.WithLabelValues(c.labels[:]...)
-		}
-	})
+	c.once.Do(func() { c.c = c.vec.WithLabelValues(c.labels...) })
 	return c.c
 }
 
@@ -162,15 +169,15 @@ func (c *Counter) Inc() { c.series().Inc() }
 
 // Gauge is a gauge series created at its first change from 0.
 type Gauge struct {
-	vec  *prometheus.GaugeVec
-	name string
-	once sync.Once
-	g    atomic.Pointer[prometheus.Gauge]
+	vec    *prometheus.GaugeVec
+	labels []string
+	once   sync.Once
+	g      atomic.Pointer[prometheus.Gauge]
 }
 
 func (g *Gauge) series() prometheus.Gauge {
 	g.once.Do(func() {
-		s := g.vec.WithLabelValues(g.name)
+		s := g.vec.WithLabelValues(g.labels...)
 		g.g.Store(&s)
 	})
 	return *g.g.Load()
@@ -184,7 +191,7 @@ func (g *Gauge) Dec() { g.series().Dec() }
 // may be left at 1 by the holder of an earlier run of the subscription.
 func (g *Gauge) Set(v float64) {
 	if v == 0 && g.g.Load() == nil {
-		g.vec.DeleteLabelValues(g.name)
+		g.vec.DeleteLabelValues(g.labels...)
 		return
 	}
 	g.series().Set(v)
