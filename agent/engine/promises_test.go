@@ -253,14 +253,7 @@ func delivered2xx(reqs []warrentest.Request) int {
 // TestInFlightGauge: warren_in_flight_requests counts the attempts a slow
 // endpoint holds, and falls to 0 once they are answered.
 func TestInFlightGauge(t *testing.T) {
-	release := make(chan struct{})
-	var once sync.Once
-	open := func() { once.Do(func() { close(release) }) }
-	rc := warrentest.NewReceiver(t, func(int, *http.Request) int {
-		<-release
-		return http.StatusOK
-	})
-	t.Cleanup(open) // before the receiver closes: it waits for its handlers
+	rc, open := holdingReceiver(t)
 	s := config.Subscription{Name: "slow", URL: rc.URL, Events: []string{"#"}, Options: config.Options{Concurrency: 4, Timeout: 20 * time.Second}}
 	cfg := warrentest.Config(t, s)
 	e := hdStart(t, cfg)
@@ -388,14 +381,7 @@ func TestQuorumRedeliveryLimitParks(t *testing.T) {
 // waiting behind a full prefetch window, and 0 once the consumer holds
 // nothing (then the sampler does not ask the broker).
 func TestWorkDepthGauge(t *testing.T) {
-	release := make(chan struct{})
-	var once sync.Once
-	open := func() { once.Do(func() { close(release) }) }
-	rc := warrentest.NewReceiver(t, func(int, *http.Request) int {
-		<-release
-		return http.StatusOK
-	})
-	t.Cleanup(open)
+	rc, open := holdingReceiver(t)
 	s := config.Subscription{Name: "deep", URL: rc.URL, Events: []string{"#"},
 		Options: config.Options{Concurrency: 1, Prefetch: 1, Timeout: 20 * time.Second}}
 	cfg := warrentest.Config(t, s)
@@ -413,4 +399,18 @@ func TestWorkDepthGauge(t *testing.T) {
 	if n := len(rc.Requests()); n != 5 {
 		t.Errorf("endpoint got %d requests, want 5", n)
 	}
+}
+
+// holdingReceiver answers 200 to every request once open is called, and
+// holds each until then.
+func holdingReceiver(t *testing.T) (rc *warrentest.Receiver, open func()) {
+	release := make(chan struct{})
+	var once sync.Once
+	open = func() { once.Do(func() { close(release) }) }
+	rc = warrentest.NewReceiver(t, func(int, *http.Request) int {
+		<-release
+		return http.StatusOK
+	})
+	t.Cleanup(open) // before the receiver closes: it waits for its handlers
+	return rc, open
 }
