@@ -30,7 +30,6 @@ func TestExampleDashboards(t *testing.T) {
 		g.Inc()
 	}
 	s.Latency.Observe(1)
-	m.Reloads.WithLabelValues("success")
 	families, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -191,4 +190,26 @@ func seriesOf(t *testing.T, m *Metrics, name string) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// TestReloadFailuresCountFromZero: warren_config_reloads_total has both
+// results from the start, so that increase() counts the first failure.
+func TestReloadFailuresCountFromZero(t *testing.T) {
+	families, err := New().Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var results []string
+	for _, f := range families {
+		if f.GetName() != "warren_config_reloads_total" {
+			continue
+		}
+		for _, s := range f.GetMetric() {
+			results = append(results, s.GetLabel()[0].GetValue())
+		}
+	}
+	slices.Sort(results)
+	if !slices.Equal(results, []string{"failure", "success"}) {
+		t.Fatalf("a new process exports warren_config_reloads_total for %v, want failure and success", results)
+	}
 }

@@ -96,6 +96,10 @@ func New() *Metrics {
 		ConstLabels: prometheus.Labels{"version": info.Version, "commit": info.Commit, "goversion": info.GoVersion},
 	})
 	build.Set(1)
+	// Both results from the start: increase() does not count a series'
+	// first sample, so a first failure must not be the series' first.
+	m.Reloads.WithLabelValues("success")
+	m.Reloads.WithLabelValues("failure")
 	m.Registry.MustRegister(m.deliveries, m.latency, m.inFlight, m.circuitOpen, m.paused, m.queueMessages,
 		m.tierMessages, m.dedupSkipped, m.BrokerConnected, m.Reloads, m.ConfigHash, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
