@@ -172,9 +172,14 @@ func TestMaxPriorityOnBroker(t *testing.T) {
 			return
 		}
 		defer ch.Close()
-		for _, q := range plan.Queues {
+		for _, q := range append(plan.Tiers, plan.Queues...) {
 			if _, err := ch.QueueDelete(q.Name, false, false, false); err != nil {
 				t.Errorf("delete queue %s: %v", q.Name, err)
+			}
+		}
+		for _, q := range plan.Tiers {
+			if err := ch.ExchangeDelete(q.Name, false, false); err != nil {
+				t.Errorf("delete exchange %s: %v", q.Name, err)
 			}
 		}
 		if err := ch.ExchangeDelete(prefix, false, false); err != nil {
