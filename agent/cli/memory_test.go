@@ -84,7 +84,7 @@ subscriptions:
 	body = nil
 
 	p := startWarren(t, "run", "-c", path, "--log-format", "json")
-	waitUntil(t, 3*time.Minute, "every big event delivered", func() bool {
+	warrentest.WaitUntil(t, 3*time.Minute, "every big event delivered", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(got) == events

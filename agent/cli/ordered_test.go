@@ -114,7 +114,7 @@ subscriptions:
 	}
 	first.signal(t, syscall.SIGKILL)
 	first.wait(t, 10*time.Second)
-	waitUntil(t, 90*time.Second, "every event delivered", func() bool {
+	warrentest.WaitUntil(t, 90*time.Second, "every event delivered", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(firstOK) == accounts*perAccount

@@ -241,7 +241,7 @@ subscriptions:
 	if err := <-published; err != nil {
 		t.Fatalf("publish: %v", err)
 	}
-	waitUntil(t, 60*time.Second, "every event delivered", func() bool { return deliveredCount.Load() == total })
+	warrentest.WaitUntil(t, 60*time.Second, "every event delivered", func() bool { return deliveredCount.Load() == total })
 
 	// Let stragglers (redelivered duplicates, retry copies of events
 	// delivered meanwhile) drain: every queue empty for longer than the
@@ -319,7 +319,7 @@ subscriptions:
 	publish(t, conn, cfg.Broker.Exchange, ids)
 
 	p := startWarren(t, "run", "-c", path, "--log-format", "json")
-	waitUntil(t, 30*time.Second, "four requests in flight", func() bool { return started.Load() >= 4 })
+	warrentest.WaitUntil(t, 30*time.Second, "four requests in flight", func() bool { return started.Load() >= 4 })
 	p.signal(t, syscall.SIGTERM)
 	release()
 	if code := p.wait(t, 30*time.Second); code != 0 {
@@ -386,7 +386,7 @@ subscriptions:
 	publish(t, conn, cfg.Broker.Exchange, ids)
 
 	p := startWarren(t, "run", "-c", path, "--log-format", "json")
-	waitUntil(t, 30*time.Second, "two requests in flight", func() bool { return started.Load() >= 2 })
+	warrentest.WaitUntil(t, 30*time.Second, "two requests in flight", func() bool { return started.Load() >= 2 })
 	sent := time.Now()
 	p.signal(t, syscall.SIGTERM)
 	if code := p.wait(t, 30*time.Second); code != 0 {
@@ -461,34 +461,25 @@ func publishErr(conn *amqp.Connection, exchange string, ids []string) error {
 	return nil
 }
 
-// waitUntil polls cond until it holds, failing the test after timeout.
-// waitStaysEmpty waits until every queue is empty on five polls in a row
-// (half a second, longer than the tests' longest retry tier), so no retry
-// copy is still on its way back.
+// waitStaysEmpty waits until every queue has been empty for five polls
+// and half a second in a row (longer than the tests' longest retry tier),
+// so no retry copy is still on its way back.
 func waitStaysEmpty(t *testing.T, queues []string, timeout time.Duration) {
 	t.Helper()
 	// Ready and unacked both: a message a consumer holds is not settled.
-	empty := 0
-	waitUntil(t, timeout, fmt.Sprintf("%v to stay empty", queues), func() bool {
+	var polls int
+	var since time.Time
+	warrentest.WaitUntil(t, timeout, fmt.Sprintf("%v to stay empty", queues), func() bool {
 		held := warrentest.Messages(t, "")
 		for _, q := range queues {
 			if held[q] != 0 {
-				empty = 0
+				polls = 0
 				return false
 			}
 		}
-		empty++
-		return empty >= 5
-	})
-}
-
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		if polls++; polls == 1 {
+			since = time.Now()
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return polls >= 5 && time.Since(since) >= 500*time.Millisecond
+	})
 }

@@ -299,7 +299,7 @@ func TestMissingTierAndDeadQueueAreRedeclared(t *testing.T) {
 		t.Fatal(err)
 	}
 	warrentest.Publish(t, cfg, "k", events(3, "evt_dead")...)
-	waitUntil(t, 30*time.Second, "three events in the recreated dead queue", func() bool {
+	warrentest.WaitUntil(t, 30*time.Second, "three events in the recreated dead queue", func() bool {
 		probe, err := conn.Channel() // a passive declare of a missing queue closes it
 		if err != nil {
 			t.Fatal(err)
@@ -346,7 +346,7 @@ func TestReloadQueuePrefixMovesEverything(t *testing.T) {
 	warrentest.CleanupLater(t, &next)
 	e.Reload(&next)
 	success := map[string]string{"result": "success"}
-	waitUntil(t, 10*time.Second, "the reload", func() bool { return e.metric(t, "warren_config_reloads_total", success) == 1 })
+	warrentest.WaitUntil(t, 10*time.Second, "the reload", func() bool { return e.metric(t, "warren_config_reloads_total", success) == 1 })
 	waitState(t, e.Engine, "moved", engine.StateConsuming)
 
 	// Only the old binding had a.*: unroutable now, so not in the old queue.
@@ -399,7 +399,7 @@ func TestReloadConflictKeepsRunningConfig(t *testing.T) {
 
 	e.Reload(&next)
 	failure := map[string]string{"result": "failure"}
-	waitUntil(t, 10*time.Second, "the rejected reload", func() bool { return e.metric(t, "warren_config_reloads_total", failure) == 1 })
+	warrentest.WaitUntil(t, 10*time.Second, "the rejected reload", func() bool { return e.metric(t, "warren_config_reloads_total", failure) == 1 })
 	if n := e.metric(t, "warren_config_reloads_total", map[string]string{"result": "success"}); n != 0 {
 		t.Errorf("reload successes = %v, want 0", n)
 	}
@@ -432,7 +432,7 @@ func TestReloadDroppedPatternIsUnbound(t *testing.T) {
 	narrowed.Events = []string{"a.*"}
 	next.Subscriptions = []config.Subscription{narrowed}
 	e.Reload(&next)
-	waitUntil(t, 10*time.Second, "the reload", func() bool {
+	warrentest.WaitUntil(t, 10*time.Second, "the reload", func() bool {
 		return e.metric(t, "warren_config_reloads_total", map[string]string{"result": "success"}) == 1
 	})
 	waitState(t, e.Engine, "narrowed", engine.StateConsuming)
@@ -486,7 +486,7 @@ func TestEqualPublishesAreTwoEvents(t *testing.T) {
 	hdSettled(t, 10*time.Second, hdQueues(cfg, s)...)
 	warrentest.Publish(t, cfg, "order.paid", warrentest.JSON("evt_dup", `{}`))
 	skipped := map[string]string{"subscription": "twins"}
-	waitUntil(t, 10*time.Second, "the skipped redelivery counted", func() bool {
+	warrentest.WaitUntil(t, 10*time.Second, "the skipped redelivery counted", func() bool {
 		return e.metric(t, "warren_dedup_skipped_total", skipped) == 1
 	})
 	hdSettled(t, 10*time.Second, hdQueues(cfg, s)...)
@@ -702,7 +702,7 @@ func TestMoreSubscriptionsThanOneConnectionCarries(t *testing.T) {
 	cfg := warrentest.Config(t, subs...)
 	begin := time.Now()
 	e := hdStart(t, cfg)
-	waitUntil(t, 90*time.Second, "every subscription consuming", func() bool {
+	warrentest.WaitUntil(t, 90*time.Second, "every subscription consuming", func() bool {
 		for _, st := range e.SubscriptionStates() {
 			if st != engine.StateConsuming {
 				return false
@@ -714,7 +714,7 @@ func TestMoreSubscriptionsThanOneConnectionCarries(t *testing.T) {
 
 	sent := time.Now()
 	warrentest.Publish(t, cfg, "all.created", warrentest.JSON("evt_all", `{}`))
-	waitUntil(t, 60*time.Second, "the event at every endpoint", func() bool {
+	warrentest.WaitUntil(t, 60*time.Second, "the event at every endpoint", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(paths) == n
@@ -798,7 +798,7 @@ func TestReadyzShowsRestartingSubscription(t *testing.T) {
 		t.Fatal(err)
 	}
 	var last server.Readiness
-	waitUntil(t, 5*time.Second, "/readyz to show broken restarting", func() bool {
+	warrentest.WaitUntil(t, 5*time.Second, "/readyz to show broken restarting", func() bool {
 		resp, err := http.Get(srv.URL + "/readyz")
 		if err != nil {
 			t.Fatal(err)
@@ -839,7 +839,7 @@ func TestReloadConflictWithNewPrefixKeepsRunningConfig(t *testing.T) {
 
 	e.Reload(&next)
 	failure := map[string]string{"result": "failure"}
-	waitUntil(t, 10*time.Second, "the rejected reload", func() bool { return e.metric(t, "warren_config_reloads_total", failure) == 1 })
+	warrentest.WaitUntil(t, 10*time.Second, "the rejected reload", func() bool { return e.metric(t, "warren_config_reloads_total", failure) == 1 })
 	waitState(t, e.Engine, "kept", engine.StateConsuming)
 	warrentest.Publish(t, cfg, "a.1", warrentest.JSON("evt_kept", `{}`))
 	rc.WaitFor(t, 10*time.Second, "the old config's event", func(r []warrentest.Request) bool { return len(r) == 1 })

@@ -39,18 +39,6 @@ func events(n int, prefix string) []amqp.Publishing {
 	return msgs
 }
 
-// waitUntil polls cond until it holds, failing the test after timeout.
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // counter reads a counter of the engine's metrics with one label matching.
 func counter(t *testing.T, e *engine.Engine, name, label, value string) float64 {
 	t.Helper()

@@ -263,10 +263,10 @@ func TestInFlightGauge(t *testing.T) {
 	}
 	warrentest.Publish(t, cfg, "k", events(3, "evt_inflight")...)
 	rc.WaitFor(t, 10*time.Second, "three held requests", func(r []warrentest.Request) bool { return len(r) == 3 })
-	waitUntil(t, 5*time.Second, "warren_in_flight_requests = 3", func() bool { return gauge() == 3 })
+	warrentest.WaitUntil(t, 5*time.Second, "warren_in_flight_requests = 3", func() bool { return gauge() == 3 })
 	open()
 	warrentest.WaitSettled(t, cfg, 10*time.Second)
-	waitUntil(t, 5*time.Second, "warren_in_flight_requests = 0", func() bool { return gauge() == 0 })
+	warrentest.WaitUntil(t, 5*time.Second, "warren_in_flight_requests = 0", func() bool { return gauge() == 0 })
 	if n := len(rc.Requests()); n != 3 {
 		t.Errorf("endpoint got %d requests, want 3", n)
 	}
@@ -392,10 +392,10 @@ func TestWorkDepthGauge(t *testing.T) {
 	}
 	warrentest.Publish(t, cfg, "k", events(5, "evt_depth")...)
 	rc.WaitFor(t, 10*time.Second, "the first request", func(r []warrentest.Request) bool { return len(r) == 1 })
-	waitUntil(t, 10*time.Second, "a work depth of 4 behind the held event", func() bool { return depth() == 4 })
+	warrentest.WaitUntil(t, 10*time.Second, "a work depth of 4 behind the held event", func() bool { return depth() == 4 })
 	open()
 	warrentest.WaitSettled(t, cfg, 10*time.Second)
-	waitUntil(t, 10*time.Second, "a work depth of 0", func() bool { return depth() == 0 })
+	warrentest.WaitUntil(t, 10*time.Second, "a work depth of 0", func() bool { return depth() == 0 })
 	if n := len(rc.Requests()); n != 5 {
 		t.Errorf("endpoint got %d requests, want 5", n)
 	}

@@ -596,11 +596,11 @@ func TestBrokerRestartMidStream(t *testing.T) {
 		published <- pub.Publish("stream.event", msgs[2500:], 100, 100*time.Millisecond, 2*time.Minute)
 	}()
 
-	waitUntil(t, 30*time.Second, "1000 events delivered before the restart", func() bool { return ids.distinct() >= 1000 })
+	warrentest.WaitUntil(t, 30*time.Second, "1000 events delivered before the restart", func() bool { return ids.distinct() >= 1000 })
 	before := ids.distinct()
 	rsMustCtl(t, "stop_app")
 	stoppedAt := time.Now()
-	waitUntil(t, 10*time.Second, "the engine to notice the broker is gone", func() bool {
+	warrentest.WaitUntil(t, 10*time.Second, "the engine to notice the broker is gone", func() bool {
 		up, _ := e.Connected()
 		return !up
 	})
@@ -614,8 +614,8 @@ func TestBrokerRestartMidStream(t *testing.T) {
 	if err := <-published; err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 90*time.Second, "all 5000 events delivered", func() bool { return ids.distinct() == len(msgs) })
-	waitUntil(t, 10*time.Second, "the engine connected", func() bool { up, _ := e.Connected(); return up })
+	warrentest.WaitUntil(t, 90*time.Second, "all 5000 events delivered", func() bool { return ids.distinct() == len(msgs) })
+	warrentest.WaitUntil(t, 10*time.Second, "the engine connected", func() bool { up, _ := e.Connected(); return up })
 	e.Stop(t)
 	t.Logf("publisher retried %d batches across the outage; %d requests for %d events (%d duplicates, %d acked by the dedup window)",
 		pub.Retries, ids.requests(), ids.distinct(), ids.duplicates(), e.logs.count(rsMsgDuplicate))
@@ -648,22 +648,22 @@ func TestCloseAllConnectionsThreeTimes(t *testing.T) {
 
 	e := rsStart(t, cfg, "closeall")
 	for i := 1; i <= 3; i++ {
-		waitUntil(t, 30*time.Second, fmt.Sprintf("session %d up", i), func() bool {
+		warrentest.WaitUntil(t, 30*time.Second, fmt.Sprintf("session %d up", i), func() bool {
 			up, _ := e.Connected()
 			return up && e.logs.count(rsMsgRestored) == i-1
 		})
 		threshold := 400 + (i-1)*700
-		waitUntil(t, 30*time.Second, fmt.Sprintf("%d events delivered", threshold), func() bool { return ids.distinct() >= threshold })
+		warrentest.WaitUntil(t, 30*time.Second, fmt.Sprintf("%d events delivered", threshold), func() bool { return ids.distinct() >= threshold })
 		rsMustCtl(t, "close_all_connections", "test")
-		waitUntil(t, 30*time.Second, fmt.Sprintf("outage %d logged", i), func() bool { return e.logs.count(rsMsgLost) == i })
+		warrentest.WaitUntil(t, 30*time.Second, fmt.Sprintf("outage %d logged", i), func() bool { return e.logs.count(rsMsgLost) == i })
 		at := ids.distinct()
 		t.Logf("closed all connections with %d of %d events delivered", at, len(msgs))
 		if at == len(msgs) {
 			t.Errorf("close %d came after the last delivery: the run must span all three faults", i)
 		}
 	}
-	waitUntil(t, 60*time.Second, "all 3000 events delivered", func() bool { return ids.distinct() == len(msgs) })
-	waitUntil(t, 10*time.Second, "the last recovery", func() bool { return e.logs.count(rsMsgRestored) == 3 })
+	warrentest.WaitUntil(t, 60*time.Second, "all 3000 events delivered", func() bool { return ids.distinct() == len(msgs) })
+	warrentest.WaitUntil(t, 10*time.Second, "the last recovery", func() bool { return e.logs.count(rsMsgRestored) == 3 })
 	e.Stop(t)
 	t.Logf("%d requests for %d events (%d duplicates, %d acked by the dedup window)",
 		ids.requests(), ids.distinct(), ids.duplicates(), e.logs.count(rsMsgDuplicate))
@@ -685,7 +685,7 @@ func TestQueueDeletedUnderConsumer(t *testing.T) {
 	e := rsStart(t, cfg, "deleted")
 	before := rsEvents(200, "evt_before")
 	rsPublish(t, cfg, "order.created", before)
-	waitUntil(t, 30*time.Second, "the events published before the deletion", func() bool { return ids.distinct() == len(before) })
+	warrentest.WaitUntil(t, 30*time.Second, "the events published before the deletion", func() bool { return ids.distinct() == len(before) })
 
 	conn, err := rsDial()
 	if err != nil {
@@ -712,7 +712,7 @@ func TestQueueDeletedUnderConsumer(t *testing.T) {
 	if err := p.Publish("order.created", after[1:], 99, 0, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 30*time.Second, "the events published after the deletion", func() bool { return ids.distinct() == len(before)+len(after) })
+	warrentest.WaitUntil(t, 30*time.Second, "the events published after the deletion", func() bool { return ids.distinct() == len(before)+len(after) })
 	e.Stop(t)
 	t.Logf("publish retried %d times until the queue was back", p.Retries)
 
@@ -843,7 +843,7 @@ func TestBadEndpointsBounded(t *testing.T) {
 
 	begin := time.Now()
 	e := rsStart(t, cfg, "bounded")
-	waitUntil(t, 10*time.Second, "the healthy subscription's events", func() bool { return healthyIDs.distinct() == perSub })
+	warrentest.WaitUntil(t, 10*time.Second, "the healthy subscription's events", func() bool { return healthyIDs.distinct() == perSub })
 	healthyTook := time.Since(begin)
 	hangSub := cfg.Subscriptions[0]
 	if parked := rsMustDepth(t, cfg.DeadQueue(hangSub)); parked >= perSub {
@@ -958,14 +958,14 @@ func TestTwoAgentsCompete(t *testing.T) {
 	a := rsStart(t, cfg, "a")
 	b := rsStart(t, cfg, "b")
 	for _, e := range []*rsEngine{a, b} {
-		waitUntil(t, 20*time.Second, "engine "+e.name+" consuming", func() bool {
+		warrentest.WaitUntil(t, 20*time.Second, "engine "+e.name+" consuming", func() bool {
 			return e.SubscriptionStates()["compete"] == engine.StateConsuming
 		})
 	}
 	msgs := rsEvents(10000, "evt_compete")
 	begin := time.Now()
 	rsPublish(t, cfg, "compete.event", msgs)
-	waitUntil(t, 2*time.Minute, "all 10000 events delivered", func() bool { return ids.distinct() == len(msgs) })
+	warrentest.WaitUntil(t, 2*time.Minute, "all 10000 events delivered", func() bool { return ids.distinct() == len(msgs) })
 	took := time.Since(begin)
 	a.Stop(t)
 	b.Stop(t)
@@ -1022,7 +1022,7 @@ func TestRedeliveryAfterLostAckIsDeduplicated(t *testing.T) {
 	rsMustCtl(t, "close_all_connections", "test")
 	// Answer only once the broker has dropped every connection it had: the
 	// message is back in the queue and the ack has nowhere to go.
-	waitUntil(t, 20*time.Second, "the broker to drop the connections", func() bool {
+	warrentest.WaitUntil(t, 20*time.Second, "the broker to drop the connections", func() bool {
 		now := rsConnectionPIDs(t)
 		for _, pid := range victims {
 			if slices.Contains(now, pid) {
@@ -1033,7 +1033,7 @@ func TestRedeliveryAfterLostAckIsDeduplicated(t *testing.T) {
 	})
 	answer()
 
-	waitUntil(t, 30*time.Second, "the redelivery to be acked by the dedup window", func() bool { return e.logs.count(rsMsgDuplicate) == 1 })
+	warrentest.WaitUntil(t, 30*time.Second, "the redelivery to be acked by the dedup window", func() bool { return e.logs.count(rsMsgDuplicate) == 1 })
 	// Nothing ready or unacked is left that could still become a request.
 	warrentest.WaitSettled(t, cfg, 10*time.Second)
 	e.Stop(t)
@@ -1057,7 +1057,7 @@ func TestBrokerDownAtStartup(t *testing.T) {
 	rsMustCtl(t, "stop_app")
 	e := rsStart(t, cfg, "late")
 
-	waitUntil(t, 20*time.Second, "three failed reconnects", func() bool { return e.logs.count(rsMsgRetryFailed) >= 3 })
+	warrentest.WaitUntil(t, 20*time.Second, "three failed reconnects", func() bool { return e.logs.count(rsMsgRetryFailed) >= 3 })
 	if up, err := e.Connected(); up || err == nil {
 		t.Errorf("broker down: Connected() = %v, %v; want false and the cause", up, err)
 	}
@@ -1065,10 +1065,10 @@ func TestBrokerDownAtStartup(t *testing.T) {
 	rsAssertCount(t, e, rsMsgLost, 0)
 
 	rsMustCtl(t, "start_app")
-	waitUntil(t, 30*time.Second, "the engine to connect", func() bool { up, _ := e.Connected(); return up })
+	warrentest.WaitUntil(t, 30*time.Second, "the engine to connect", func() bool { up, _ := e.Connected(); return up })
 	msgs := rsEvents(10, "evt_late")
 	rsPublish(t, cfg, "late.event", msgs) // routable: the engine declared the queue
-	waitUntil(t, 20*time.Second, "the events published after the broker came back", func() bool { return ids.distinct() == len(msgs) })
+	warrentest.WaitUntil(t, 20*time.Second, "the events published after the broker came back", func() bool { return ids.distinct() == len(msgs) })
 	e.Stop(t)
 
 	ids.check(t, msgs)
@@ -1111,7 +1111,7 @@ func TestBlockedBrokerStopsDeliveriesWithoutLoss(t *testing.T) {
 		e.PublishTimeout = 2 * time.Second
 	})
 
-	waitUntil(t, 30*time.Second, "the engine to notice the block", func() bool {
+	warrentest.WaitUntil(t, 30*time.Second, "the engine to notice the block", func() bool {
 		return e.logs.count("broker blocked publishing (memory or disk alarm): retry and parking copies wait until it recovers") == 1
 	})
 	// While blocked, each worker holds the original whose copy cannot be
@@ -1127,7 +1127,7 @@ func TestBlockedBrokerStopsDeliveriesWithoutLoss(t *testing.T) {
 	work := cfg.WorkQueue(cfg.Subscriptions[0])
 	// A copy written while blocked may still land after its original was
 	// requeued (a duplicate, never a loss): the tier may hold more than 100.
-	waitUntil(t, 60*time.Second, "every event in its retry tier", func() bool {
+	warrentest.WaitUntil(t, 60*time.Second, "every event in its retry tier", func() bool {
 		return len(rsMessageIDs(t, tier)) == len(events)
 	})
 	e.Stop(t)
@@ -1179,17 +1179,17 @@ func TestReloadWhileDisconnectedUnbindsLater(t *testing.T) {
 	cfg := rsConfig(t, config.Subscription{Name: "away", URL: rc.URL, Events: []string{"keep.*", "drop.*"}})
 	rsApply(t, cfg)
 	e := rsStart(t, cfg, "away")
-	waitUntil(t, 20*time.Second, "the engine to connect", func() bool { up, _ := e.Connected(); return up })
+	warrentest.WaitUntil(t, 20*time.Second, "the engine to connect", func() bool { up, _ := e.Connected(); return up })
 
 	rsMustCtl(t, "stop_app")
-	waitUntil(t, 20*time.Second, "the engine to notice", func() bool { up, _ := e.Connected(); return !up })
+	warrentest.WaitUntil(t, 20*time.Second, "the engine to notice", func() bool { up, _ := e.Connected(); return !up })
 	next := *cfg
 	next.Subscriptions = []config.Subscription{cfg.Subscriptions[0]}
 	next.Subscriptions[0].Events = []string{"keep.*"}
 	e.Reload(&next)
-	waitUntil(t, 10*time.Second, "the reload to wait", func() bool { return e.logs.count("config reload waits for the broker connection") == 1 })
+	warrentest.WaitUntil(t, 10*time.Second, "the reload to wait", func() bool { return e.logs.count("config reload waits for the broker connection") == 1 })
 	rsMustCtl(t, "start_app")
-	waitUntil(t, 30*time.Second, "the reload once reconnected", func() bool {
+	warrentest.WaitUntil(t, 30*time.Second, "the reload once reconnected", func() bool {
 		return e.logs.count("config reloaded") == 1 && e.SubscriptionStates()["away"] == engine.StateConsuming
 	})
 
@@ -1218,6 +1218,6 @@ func TestReloadWhileDisconnectedUnbindsLater(t *testing.T) {
 	if len(returns) != 1 || (<-returns).RoutingKey != "drop.x" {
 		t.Errorf("want drop.x unroutable after the reconnect and keep.x routed")
 	}
-	waitUntil(t, 20*time.Second, "keep.x delivered", func() bool { return ids.distinct() == 1 })
+	warrentest.WaitUntil(t, 20*time.Second, "keep.x delivered", func() bool { return ids.distinct() == 1 })
 	e.Stop(t)
 }

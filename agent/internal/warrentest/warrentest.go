@@ -316,6 +316,18 @@ func DepthOn(t testing.TB, conn *amqp.Connection, queue string) int {
 	return q.Messages
 }
 
+// WaitUntil polls cond until it holds, failing the test after timeout.
+func WaitUntil(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // WaitDepth waits until queue holds want ready messages.
 func WaitDepth(t testing.TB, queue string, want int, timeout time.Duration) {
 	t.Helper()
