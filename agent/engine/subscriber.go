@@ -35,9 +35,9 @@ const (
 type subscriber struct {
 	name string
 	opts config.Subscription
-	// cfg is the config the subscriber was made from, shared by all: its
-	// queues and tiers are derived when needed rather than kept by each of
-	// thousands of subscribers.
+	// cfg holds only the broker section the subscriber was made with, one
+	// value shared by every subscriber of a config: its queues and tiers
+	// are derived when needed rather than kept by each of thousands.
 	cfg      *config.Config
 	work     string
 	dead     string

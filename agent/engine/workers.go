@@ -9,7 +9,7 @@ import (
 // attempts runs the attempts of every subscription on goroutines that live
 // on while there is work. An attempt grows its goroutine's stack to tens
 // of kilobytes (HTTP, JSON, signing); a new goroutine per delivery paid
-// for growing it every time. A goroutine idle for idleWorker ends, so an
+// for growing it every time. A goroutine idle for 5 s ends, so an
 // idle subscription still costs no worker.
 var attempts = &workers{tasks: make(chan func()), idle: 5 * time.Second}
 
