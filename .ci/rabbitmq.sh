@@ -17,7 +17,10 @@ ensure_rabbitmq() {
   fi
   if ! broker_answers; then
     echo "starting RabbitMQ"
-    rabbitmq-server -detached || true
+    # A classic queue holding messages keeps its index file open, so
+    # thousands of subscriptions need thousands of descriptors (RabbitMQ's
+    # production checklist asks for 50,000 or more): as many as allowed.
+    (ulimit -n "$(ulimit -Hn)" 2>/dev/null; rabbitmq-server -detached) || true
   fi
   for _ in $(seq 1 120); do
     if broker_answers && rabbitmqctl -q status >/dev/null 2>&1; then
