@@ -22,13 +22,15 @@ func accountEvent(account string, seq int) amqp.Publishing {
 }
 
 // checkOrder fails the test if, for account, a request for event n+1
-// came before event n's first 2xx, or an event was never delivered.
+// came before event n's first 2xx, an event was never delivered, or one
+// was sent with another type than it was published with.
 func checkOrder(t *testing.T, reqs []warrentest.Request, account string, n int) {
 	t.Helper()
 	delivered := -1 // highest seq whose first 2xx came, in order
 	var seqs []int
 	for _, r := range reqs {
 		var env struct {
+			Type string
 			Data struct {
 				Account string `json:"account_id"`
 				Seq     int    `json:"seq"`
@@ -36,6 +38,9 @@ func checkOrder(t *testing.T, reqs []warrentest.Request, account string, n int) 
 		}
 		if json.Unmarshal(r.Body, &env) != nil || env.Data.Account != account {
 			continue
+		}
+		if env.Type != "account.updated" {
+			t.Errorf("account %s: event %d sent as type %q, want account.updated", account, env.Data.Seq, env.Type)
 		}
 		seqs = append(seqs, env.Data.Seq)
 		if env.Data.Seq > delivered+1 {

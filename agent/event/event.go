@@ -48,7 +48,10 @@ func IsKeyHead(d *amqp.Delivery) bool {
 // refuses or sets itself, to another queue.
 func Move(d *amqp.Delivery, ev Event) amqp.Publishing {
 	p := Copy(d, ev, Outcome{}, time.Time{})
-	p.Headers = carried(d.Headers, 0)
+	p.Headers = carried(d.Headers, 1)
+	// The move goes through the default exchange, whose routing key is the
+	// queue's name: the event's type must travel in the header.
+	p.Headers[HeaderRoutingKey] = ev.Type
 	return p
 }
 

@@ -160,3 +160,18 @@ func TestAttemptCountCannotOverflow(t *testing.T) {
 		}
 	}
 }
+
+// TestMoveKeepsTheEvent: an event moved to a held key's queue and back
+// travels through the default exchange, whose routing key is a queue's
+// name. At the other end it is the same event: type, id, attempt count.
+func TestMoveKeepsTheEvent(t *testing.T) {
+	for name, d := range map[string]*amqp.Delivery{"first": firstDelivery(), "retried": retriedDelivery()} {
+		before := FromDelivery(d, published)
+		p := Move(d, before)
+		moved := &amqp.Delivery{MessageId: p.MessageId, RoutingKey: "bench.orders.held.0123456789abcdef", Timestamp: p.Timestamp, Headers: p.Headers, Body: p.Body}
+		after := FromDelivery(moved, published)
+		if after.ID != before.ID || after.Type != before.Type || after.Attempt != before.Attempt {
+			t.Errorf("%s: moved event is %s %s attempt %d, want %s %s attempt %d", name, after.ID, after.Type, after.Attempt, before.ID, before.Type, before.Attempt)
+		}
+	}
+}
