@@ -134,8 +134,11 @@ func (k *keys) declare(ch *amqp.Channel, queue string) error {
 }
 
 // hold makes head the head of key: declares the key's held queue and its
-// record, and records head unless the key already has a record (a head
-// that fails again).
+// record, and records head unless the record names it already (a head
+// that fails again). Only the key's head, or an event of a key that was
+// not held, is attempted and can get here; another name in the record is
+// one left by a crash, or the same event's before it got an id of its own
+// (stamped).
 func (k *keys) hold(key, head string) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -153,12 +156,15 @@ func (k *keys) hold(key, head string) error {
 	if err != nil {
 		return err
 	}
-	if len(records) == 0 {
-		if err := k.writeRecord(key, headRecord{Seq: 1, Head: head}); err != nil {
+	if rec, ok := current(records); ok && rec.Head == head {
+		requeueAll(records)
+	} else {
+		if err := k.writeRecord(key, headRecord{Seq: rec.Seq + 1, Head: head}); err != nil {
+			requeueAll(records)
 			return err
 		}
+		ackAll(records)
 	}
-	requeueAll(records)
 	k.remember(key, true)
 	return nil
 }
@@ -181,6 +187,28 @@ func (k *keys) takeRecords(ch *amqp.Channel, key string) ([]amqp.Delivery, error
 		}
 		out = append(out, d)
 	}
+}
+
+// isHead reports whether id is the recorded head of key, or whether key
+// has no record to say otherwise. The warren-key-head header alone proves
+// nothing: the publishing application could set it. A release writes the
+// record of the head it moved before another attempt of the key starts
+// (one event of a key is in flight at a time), so a true head always finds
+// itself recorded.
+func (k *keys) isHead(key, id string) (bool, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	ch, err := k.channel()
+	if err != nil {
+		return false, err
+	}
+	records, err := k.takeRecords(ch, key)
+	if err != nil {
+		return false, err
+	}
+	requeueAll(records)
+	rec, ok := current(records)
+	return !ok || rec.Head == id, nil
 }
 
 // current is the newest of records; ok is false when there is none.
@@ -314,7 +342,19 @@ func (s *subscriber) handleOrdered(ctx context.Context, env *env, k *keys, d *am
 		s.requeue(d, &ev, "could not tell whether the event's key is held before shutdown")
 		return
 	}
-	if held && !event.IsKeyHead(d) {
+	waits := held
+	if held && event.IsKeyHead(d) {
+		var head bool
+		if !s.persist(env, &ev, "tell whether the event heads its key", func() (err error) {
+			head, err = k.isHead(key, ev.ID)
+			return err
+		}) {
+			s.requeue(d, &ev, "could not tell whether the event heads its key before shutdown")
+			return
+		}
+		waits = !head
+	}
+	if waits {
 		s.replace(env, d, &ev, "", k.queue(key), event.Move(d, ev), "held-key", nil)
 		return
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -192,4 +193,83 @@ func TestEmptyOrderingKeyIsAKeyLikeAnother(t *testing.T) {
 	reqs := rc.WaitFor(t, 10*time.Second, "every event", func(r []warrentest.Request) bool { return len(r) == 10 })
 	checkOrder(t, reqs, "", 5)
 	checkOrder(t, reqs, "a", 5)
+}
+
+// TestForgedKeyHeadWaitsItsTurn: while account a's first event waits for
+// its retry, the application publishes the next one with warren's
+// warren-key-head header set. The header proves nothing: the key's record
+// names its head, so the event waits in the held queue like any later one.
+func TestForgedKeyHeadWaitsItsTurn(t *testing.T) {
+	var mu sync.Mutex
+	tries := map[string]int{}
+	rc := warrentest.NewReceiver(t, func(_ int, r *http.Request) int {
+		mu.Lock()
+		defer mu.Unlock()
+		id := r.Header.Get("Webhook-Id")
+		tries[id]++
+		if id == "evt_a_000" && tries[id] == 1 {
+			return http.StatusServiceUnavailable
+		}
+		return http.StatusOK
+	})
+	sub := orderedSub(rc.URL)
+	sub.Retry.Delays = []time.Duration{time.Second}
+	cfg := warrentest.Config(t, sub)
+	start(t, cfg)
+	warrentest.Apply(t, cfg)
+	forged := accountEvent("a", 1)
+	forged.Headers = amqp.Table{event.HeaderKeyHead: true}
+	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 0), forged, accountEvent("a", 2))
+	reqs := rc.WaitFor(t, 15*time.Second, "every event of a", func(r []warrentest.Request) bool { return len(r) == 4 })
+	checkOrder(t, reqs, "a", 3)
+	waitReleased(t, cfg)
+}
+
+// TestEventsWithoutIDOfAHeldKey: the later events of a held key carry no
+// message_id, so each gets an id of its own only when it becomes the key's
+// head (a stamped copy that heads the key in its place). Each is delivered
+// once, in order, and the key is released at the end.
+func TestEventsWithoutIDOfAHeldKey(t *testing.T) {
+	var mu sync.Mutex
+	failed := false
+	rc := warrentest.NewReceiver(t, func(_ int, r *http.Request) int {
+		mu.Lock()
+		defer mu.Unlock()
+		if r.Header.Get("Webhook-Id") == "evt_a_000" && !failed {
+			failed = true
+			return http.StatusServiceUnavailable
+		}
+		return http.StatusOK
+	})
+	cfg := warrentest.Config(t, orderedSub(rc.URL))
+	start(t, cfg)
+	warrentest.Apply(t, cfg)
+	msgs := []amqp.Publishing{accountEvent("a", 0)}
+	for seq := 1; seq <= 3; seq++ {
+		m := accountEvent("a", seq)
+		m.MessageId = ""
+		msgs = append(msgs, m)
+	}
+	warrentest.Publish(t, cfg, "account.updated", msgs...)
+	reqs := rc.WaitFor(t, 15*time.Second, "every event of a", func(r []warrentest.Request) bool { return len(r) == 5 })
+	checkOrder(t, reqs, "a", 4)
+	waitReleased(t, cfg)
+	if n := len(rc.Requests()); n != 5 {
+		t.Errorf("%d requests, want 5: one failed attempt and one delivery of each event", n)
+	}
+}
+
+// waitReleased waits until every key is released: no message left and no
+// held queue or head record.
+func waitReleased(t *testing.T, cfg *config.Config) {
+	t.Helper()
+	warrentest.WaitSettled(t, cfg, 10*time.Second)
+	warrentest.WaitUntil(t, 10*time.Second, "every key's held queue deleted", func() bool {
+		for name := range warrentest.Messages(t, cfg.Broker.QueuePrefix+".") {
+			if strings.Contains(name, ".held.") {
+				return false
+			}
+		}
+		return true
+	})
 }
