@@ -313,6 +313,11 @@ func (s *subscriber) repair(env *env) {
 	if err := env.e.declare(env.hard, env.links, plan); err != nil {
 		s.log.Warn("could not redeclare the subscription's queues", logging.Err(err))
 	}
+	if k := s.keys.Load(); k != nil {
+		if err := k.redeclareHeld(); err != nil {
+			s.log.Warn("could not redeclare the held keys' queues", logging.Err(err))
+		}
+	}
 }
 
 func (s *subscriber) requeue(d *amqp.Delivery, ev *event.Event, why string) {

@@ -96,9 +96,10 @@ func (k *keys) isHeld(key string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	// A missing queue closes the channel (404); the next call reopens it.
 	_, err = ch.QueueDeclarePassive(k.queue(key), true, false, false, false, nil)
-	if err != nil && !isNotFound(err) {
+	if isNotFound(err) {
+		k.drop() // the broker closed the channel
+	} else if err != nil {
 		return false, err
 	}
 	k.remember(key, err == nil)
@@ -110,6 +111,30 @@ func (k *keys) remember(key string, held bool) {
 		clear(k.held)
 	}
 	k.held[key] = held
+}
+
+// redeclareHeld declares again the held queue and the head record of
+// every key known to be held: an operator may have deleted one while
+// events of the key are moved into it, or its next head is recorded. The
+// key's head is still on its way and releases what waits.
+func (k *keys) redeclareHeld() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for key, held := range k.held {
+		if !held {
+			continue
+		}
+		ch, err := k.channel()
+		if err != nil {
+			return err
+		}
+		for _, q := range []string{k.queue(key), k.record(key)} {
+			if err := k.declare(ch, q); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // headRecord is the one message of a held key's record queue
@@ -152,7 +177,7 @@ func (k *keys) hold(key, head string) error {
 	if err := k.declare(ch, k.record(key)); err != nil {
 		return fmt.Errorf("declare head record for a key: %w", err)
 	}
-	records, err := k.takeRecords(ch, key)
+	records, err := k.takeRecords(key)
 	if err != nil {
 		return err
 	}
@@ -171,13 +196,20 @@ func (k *keys) hold(key, head string) error {
 
 // takeRecords gets, unacked, every message of key's record queue (one,
 // or two after a crash between writing a record and acking the old one).
-func (k *keys) takeRecords(ch *amqp.Channel, key string) ([]amqp.Delivery, error) {
+// A missing record queue (an operator deleted it) is no record; the 404
+// closed the channel, so callers take k.channel() again after this.
+func (k *keys) takeRecords(key string) ([]amqp.Delivery, error) {
+	ch, err := k.channel()
+	if err != nil {
+		return nil, err
+	}
 	var out []amqp.Delivery
 	for {
 		d, ok, err := ch.Get(k.record(key), false)
 		if err != nil {
 			requeueAll(out)
 			if isNotFound(err) {
+				k.drop()
 				return nil, nil
 			}
 			return nil, fmt.Errorf("read a key's head record: %w", err)
@@ -198,11 +230,7 @@ func (k *keys) takeRecords(ch *amqp.Channel, key string) ([]amqp.Delivery, error
 func (k *keys) isHead(key, id string) (bool, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	ch, err := k.channel()
-	if err != nil {
-		return false, err
-	}
-	records, err := k.takeRecords(ch, key)
+	records, err := k.takeRecords(key)
 	if err != nil {
 		return false, err
 	}
@@ -255,11 +283,7 @@ func (k *keys) releaseKey(key, head string) error {
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	ch, err := k.channel()
-	if err != nil {
-		return err
-	}
-	records, err := k.takeRecords(ch, key)
+	records, err := k.takeRecords(key)
 	if err != nil {
 		return err
 	}
@@ -268,6 +292,11 @@ func (k *keys) releaseKey(key, head string) error {
 		requeueAll(records)
 		return nil
 	}
+	ch, err := k.channel()
+	if err != nil {
+		requeueAll(records)
+		return err
+	}
 	queue := k.queue(key)
 	var next amqp.Delivery
 	for {
@@ -275,6 +304,9 @@ func (k *keys) releaseKey(key, head string) error {
 		if err != nil {
 			requeueAll(records)
 			if isNotFound(err) {
+				// An operator deleted it: nothing is held any more. The
+				// record left behind is rewritten when the key is held again.
+				k.drop()
 				k.remember(key, false)
 				return nil
 			}

@@ -1,6 +1,8 @@
 package engine_test
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -226,9 +228,10 @@ func TestForgedKeyHeadWaitsItsTurn(t *testing.T) {
 }
 
 // TestEventsWithoutIDOfAHeldKey: the later events of a held key carry no
-// message_id, so each gets an id of its own only when it becomes the key's
-// head (a stamped copy that heads the key in its place). Each is delivered
-// once, in order, and the key is released at the end.
+// message_id, and two of them are equal publishes (same body, same
+// timestamp). Each gets an id of its own as it is moved aside, so the two
+// stay two events. Each is delivered once, in order, and the key is
+// released at the end.
 func TestEventsWithoutIDOfAHeldKey(t *testing.T) {
 	var mu sync.Mutex
 	failed := false
@@ -249,13 +252,16 @@ func TestEventsWithoutIDOfAHeldKey(t *testing.T) {
 		m := accountEvent("a", seq)
 		m.MessageId = ""
 		msgs = append(msgs, m)
+		if seq == 1 {
+			msgs = append(msgs, m)
+		}
 	}
 	warrentest.Publish(t, cfg, "account.updated", msgs...)
-	reqs := rc.WaitFor(t, 15*time.Second, "every event of a", func(r []warrentest.Request) bool { return len(r) == 5 })
+	reqs := rc.WaitFor(t, 15*time.Second, "every event of a", func(r []warrentest.Request) bool { return len(r) == 6 })
 	checkOrder(t, reqs, "a", 4)
 	waitReleased(t, cfg)
-	if n := len(rc.Requests()); n != 5 {
-		t.Errorf("%d requests, want 5: one failed attempt and one delivery of each event", n)
+	if n := len(rc.Requests()); n != 6 {
+		t.Errorf("%d requests, want 6: one failed attempt and one delivery of each of the 5 events", n)
 	}
 }
 
@@ -272,4 +278,92 @@ func waitReleased(t *testing.T, cfg *config.Config) {
 		}
 		return true
 	})
+}
+
+// TestDeletedHeldQueueDoesNotHoldItsKey: an operator deletes a held key's
+// queue, and the event in it, while the head waits for a retry. The next
+// event of the key is moved into the queue declared again, and goes out
+// after the head: three requests, in order.
+func TestDeletedHeldQueueDoesNotHoldItsKey(t *testing.T) {
+	var mu sync.Mutex
+	failed := false
+	rc := warrentest.NewReceiver(t, func(_ int, r *http.Request) int {
+		mu.Lock()
+		defer mu.Unlock()
+		if r.Header.Get("Webhook-Id") == "evt_a_000" && !failed {
+			failed = true
+			return http.StatusServiceUnavailable
+		}
+		return http.StatusOK
+	})
+	sub := orderedSub(rc.URL)
+	sub.Retry.Delays = []time.Duration{3 * time.Second}
+	cfg := warrentest.Config(t, sub)
+	start(t, cfg)
+	warrentest.Apply(t, cfg)
+	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 0), accountEvent("a", 1))
+	held := waitHeld(t, cfg, "a", 1)
+	ch, err := brokertest.Dial(t).Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDelete(held, false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 2))
+	reqs := rc.WaitFor(t, 15*time.Second, "a's head and its last event", func(r []warrentest.Request) bool { return len(r) == 3 })
+	var ids []string
+	for _, r := range reqs {
+		ids = append(ids, r.Header.Get("Webhook-Id"))
+	}
+	if fmt.Sprint(ids) != "[evt_a_000 evt_a_000 evt_a_002]" {
+		t.Errorf("requests %v, want evt_a_000 twice (503, 200), then evt_a_002", ids)
+	}
+	waitReleased(t, cfg)
+}
+
+// waitHeld waits until n events of key wait in its held queue, in cfg's
+// one subscription, and returns the queue's name.
+func waitHeld(t *testing.T, cfg *config.Config, key string, n int) string {
+	t.Helper()
+	sum := sha256.Sum256([]byte(key))
+	held := cfg.WorkQueue(cfg.Subscriptions[0]) + ".held." + hex.EncodeToString(sum[:8])
+	warrentest.WaitUntil(t, 10*time.Second, fmt.Sprintf("%d events in %s", n, held), func() bool {
+		return warrentest.Messages(t, held)[held] == n
+	})
+	return held
+}
+
+// TestDeletedHeadRecordDoesNotHoldItsKey: an operator deletes a held key's
+// head record while its head waits for a retry. The head is still sent
+// when it comes back, and it releases the events behind it, in order.
+func TestDeletedHeadRecordDoesNotHoldItsKey(t *testing.T) {
+	var mu sync.Mutex
+	failed := false
+	rc := warrentest.NewReceiver(t, func(_ int, r *http.Request) int {
+		mu.Lock()
+		defer mu.Unlock()
+		if r.Header.Get("Webhook-Id") == "evt_a_000" && !failed {
+			failed = true
+			return http.StatusServiceUnavailable
+		}
+		return http.StatusOK
+	})
+	sub := orderedSub(rc.URL)
+	sub.Retry.Delays = []time.Duration{2 * time.Second}
+	cfg := warrentest.Config(t, sub)
+	start(t, cfg)
+	warrentest.Apply(t, cfg)
+	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 0), accountEvent("a", 1), accountEvent("a", 2))
+	held := waitHeld(t, cfg, "a", 2)
+	ch, err := brokertest.Dial(t).Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDelete(held+".head", false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	reqs := rc.WaitFor(t, 15*time.Second, "every event of a", func(r []warrentest.Request) bool { return len(r) == 4 })
+	checkOrder(t, reqs, "a", 3)
+	waitReleased(t, cfg)
 }

@@ -54,7 +54,9 @@ type subscriber struct {
 	// empty is true while the consumer is up and holds no delivery: the
 	// broker would have pushed it whatever was ready, so the work queue
 	// has nothing ready and the depth sampler need not ask.
-	empty   atomic.Bool
+	empty atomic.Bool
+	// keys are an ordered subscription's held keys while it consumes.
+	keys    atomic.Pointer[keys]
 	pause   chan struct{} // a 410 asks the consume loop to stop
 	breaker *breaker
 	limiter *rate.Limiter // nil: unlimited
@@ -216,7 +218,11 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 		// same keys are in flight: its window stays as configured.
 		win.budget = nil
 		k = &keys{s: s, env: env, ctx: env.hard, held: map[string]bool{}}
-		defer k.close()
+		s.keys.Store(k)
+		defer func() {
+			s.keys.Store(nil)
+			k.close()
+		}()
 	}
 	if probe {
 		win.max, workers = 1, 1

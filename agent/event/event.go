@@ -45,8 +45,13 @@ func IsKeyHead(d *amqp.Delivery) bool {
 }
 
 // Move builds the copy that moves d, unchanged but for what the broker
-// refuses or sets itself, to another queue.
+// refuses or sets itself, to another queue. A message published without
+// message_id gets an id of its own, as Stamp gives one: the id derived
+// from its content is the same for equal publishes, which are two events.
 func Move(d *amqp.Delivery, ev Event) amqp.Publishing {
+	if d.MessageId == "" {
+		ev.ID = NewID()
+	}
 	p := Copy(d, ev, Outcome{}, time.Time{})
 	p.Headers = carried(d.Headers, 1)
 	// The move goes through the default exchange, whose routing key is the
