@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -120,21 +121,20 @@ func (k *keys) remember(key string, held bool) {
 func (k *keys) redeclareHeld() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	var errs []error
 	for key, held := range k.held {
 		if !held {
 			continue
 		}
-		ch, err := k.channel()
-		if err != nil {
-			return err
-		}
 		for _, q := range []string{k.queue(key), k.record(key)} {
-			if err := k.declare(ch, q); err != nil {
-				return err
+			ch, err := k.channel()
+			if err == nil {
+				err = k.declare(ch, q)
 			}
+			errs = append(errs, err)
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // headRecord is the one message of a held key's record queue
@@ -334,6 +334,15 @@ func (k *keys) releaseKey(key, head string) error {
 		}
 		next = d
 		break
+	}
+	if !ok {
+		// An operator deleted the record: it is declared before the move,
+		// or the move would be made again once the record could not be
+		// written, and the key would have two heads.
+		if err := k.declare(ch, k.record(key)); err != nil {
+			_ = next.Nack(false, true)
+			return fmt.Errorf("declare head record for a key: %w", err)
+		}
 	}
 	ev := event.FromDelivery(&next, time.Now())
 	msg := event.Move(&next, ev)

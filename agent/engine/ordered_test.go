@@ -297,21 +297,15 @@ func TestDeletedHeldQueueDoesNotHoldItsKey(t *testing.T) {
 		return http.StatusOK
 	})
 	sub := orderedSub(rc.URL)
-	sub.Retry.Delays = []time.Duration{3 * time.Second}
+	sub.Retry.Delays = []time.Duration{heldFor}
 	cfg := warrentest.Config(t, sub)
 	start(t, cfg)
 	warrentest.Apply(t, cfg)
 	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 0), accountEvent("a", 1))
-	held := waitHeld(t, cfg, "a", 1)
-	ch, err := brokertest.Dial(t).Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ch.QueueDelete(held, false, false, false); err != nil {
-		t.Fatal(err)
-	}
+	deleteHeld(t, waitHeld(t, cfg, "a", 1), 1)
 	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 2))
-	reqs := rc.WaitFor(t, 15*time.Second, "a's head and its last event", func(r []warrentest.Request) bool { return len(r) == 3 })
+	waitHeld(t, cfg, "a", 1)
+	reqs := rc.WaitFor(t, 20*time.Second, "a's head and its last event", func(r []warrentest.Request) bool { return len(r) == 3 })
 	var ids []string
 	for _, r := range reqs {
 		ids = append(ids, r.Header.Get("Webhook-Id"))
@@ -320,6 +314,28 @@ func TestDeletedHeldQueueDoesNotHoldItsKey(t *testing.T) {
 		t.Errorf("requests %v, want evt_a_000 twice (503, 200), then evt_a_002", ids)
 	}
 	waitReleased(t, cfg)
+}
+
+// heldFor is how long the head waits for its retry in the tests that
+// delete a held key's queues: long enough for the deletion and the moves
+// after it to happen while the key is held.
+const heldFor = 6 * time.Second
+
+// deleteHeld deletes queue, which must hold n messages: the key is still
+// held.
+func deleteHeld(t *testing.T, queue string, n int) {
+	t.Helper()
+	ch, err := brokertest.Dial(t).Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	deleted, err := ch.QueueDelete(queue, false, false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if deleted != n {
+		t.Fatalf("deleted %s with %d messages, want %d: the key was released before", queue, deleted, n)
+	}
 }
 
 // waitHeld waits until n events of key wait in its held queue, in cfg's
@@ -350,20 +366,16 @@ func TestDeletedHeadRecordDoesNotHoldItsKey(t *testing.T) {
 		return http.StatusOK
 	})
 	sub := orderedSub(rc.URL)
-	sub.Retry.Delays = []time.Duration{2 * time.Second}
+	sub.Retry.Delays = []time.Duration{heldFor}
 	cfg := warrentest.Config(t, sub)
 	start(t, cfg)
 	warrentest.Apply(t, cfg)
 	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 0), accountEvent("a", 1), accountEvent("a", 2))
-	held := waitHeld(t, cfg, "a", 2)
-	ch, err := brokertest.Dial(t).Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ch.QueueDelete(held+".head", false, false, false); err != nil {
-		t.Fatal(err)
-	}
-	reqs := rc.WaitFor(t, 15*time.Second, "every event of a", func(r []warrentest.Request) bool { return len(r) == 4 })
+	deleteHeld(t, waitHeld(t, cfg, "a", 2)+".head", 1)
+	reqs := rc.WaitFor(t, 20*time.Second, "every event of a", func(r []warrentest.Request) bool { return len(r) == 4 })
 	checkOrder(t, reqs, "a", 3)
 	waitReleased(t, cfg)
+	if n := len(rc.Requests()); n != 4 {
+		t.Errorf("%d requests, want 4: one failed attempt and one delivery of each event", n)
+	}
 }
