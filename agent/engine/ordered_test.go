@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -233,17 +234,7 @@ func TestForgedKeyHeadWaitsItsTurn(t *testing.T) {
 // stay two events. Each is delivered once, in order, and the key is
 // released at the end.
 func TestEventsWithoutIDOfAHeldKey(t *testing.T) {
-	var mu sync.Mutex
-	failed := false
-	rc := warrentest.NewReceiver(t, func(_ int, r *http.Request) int {
-		mu.Lock()
-		defer mu.Unlock()
-		if r.Header.Get("Webhook-Id") == "evt_a_000" && !failed {
-			failed = true
-			return http.StatusServiceUnavailable
-		}
-		return http.StatusOK
-	})
+	rc := failsFirstAttempt(t, "evt_a_000")
 	cfg := warrentest.Config(t, orderedSub(rc.URL))
 	start(t, cfg)
 	warrentest.Apply(t, cfg)
@@ -263,6 +254,18 @@ func TestEventsWithoutIDOfAHeldKey(t *testing.T) {
 	if n := len(rc.Requests()); n != 6 {
 		t.Errorf("%d requests, want 6: one failed attempt and one delivery of each of the 5 events", n)
 	}
+}
+
+// failsFirstAttempt is a receiver that answers 503 to the first attempt of
+// event id, which holds its key, and 200 to everything else.
+func failsFirstAttempt(t *testing.T, id string) *warrentest.Receiver {
+	var failed atomic.Bool
+	return warrentest.NewReceiver(t, func(_ int, r *http.Request) int {
+		if r.Header.Get("Webhook-Id") == id && !failed.Swap(true) {
+			return http.StatusServiceUnavailable
+		}
+		return http.StatusOK
+	})
 }
 
 // waitReleased waits until every key is released: no message left and no
@@ -285,17 +288,7 @@ func waitReleased(t *testing.T, cfg *config.Config) {
 // event of the key is moved into the queue declared again, and goes out
 // after the head: three requests, in order.
 func TestDeletedHeldQueueDoesNotHoldItsKey(t *testing.T) {
-	var mu sync.Mutex
-	failed := false
-	rc := warrentest.NewReceiver(t, func(_ int, r *http.Request) int {
-		mu.Lock()
-		defer mu.Unlock()
-		if r.Header.Get("Webhook-Id") == "evt_a_000" && !failed {
-			failed = true
-			return http.StatusServiceUnavailable
-		}
-		return http.StatusOK
-	})
+	rc := failsFirstAttempt(t, "evt_a_000")
 	sub := orderedSub(rc.URL)
 	sub.Retry.Delays = []time.Duration{heldFor}
 	cfg := warrentest.Config(t, sub)
@@ -354,17 +347,7 @@ func waitHeld(t *testing.T, cfg *config.Config, key string, n int) string {
 // head record while its head waits for a retry. The head is still sent
 // when it comes back, and it releases the events behind it, in order.
 func TestDeletedHeadRecordDoesNotHoldItsKey(t *testing.T) {
-	var mu sync.Mutex
-	failed := false
-	rc := warrentest.NewReceiver(t, func(_ int, r *http.Request) int {
-		mu.Lock()
-		defer mu.Unlock()
-		if r.Header.Get("Webhook-Id") == "evt_a_000" && !failed {
-			failed = true
-			return http.StatusServiceUnavailable
-		}
-		return http.StatusOK
-	})
+	rc := failsFirstAttempt(t, "evt_a_000")
 	sub := orderedSub(rc.URL)
 	sub.Retry.Delays = []time.Duration{heldFor}
 	cfg := warrentest.Config(t, sub)
