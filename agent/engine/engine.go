@@ -15,6 +15,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -160,8 +161,9 @@ type runner struct {
 	running  map[*subscriber]*runningSub
 	links    *links
 	recorder *journal.Recorder // nil without broker.journal
-	// stopRecorder flushes what the recorder holds and stops it.
-	stopRecorder func()
+	// stopRecorder flushes what the recorder holds and stops it;
+	// cutRecorder drops its connection at once (a stalled broker).
+	stopRecorder, cutRecorder func()
 }
 
 // runningSub is a subscriber at work.
@@ -224,11 +226,28 @@ func (r *runner) use(l *links) {
 		ctx, stop := context.WithCancel(context.Background())
 		stream := (&config.Config{Broker: l.broker}).AttemptsStream()
 		rec, done := journal.NewRecorder(stream, journal.RecorderOptions{}), make(chan struct{})
+		var conn atomic.Pointer[amqp.Connection]
 		go func() {
 			defer close(done)
-			e.runRecorder(ctx, l.broker, rec)
+			e.runRecorder(ctx, l.broker, rec, &conn)
 		}()
-		r.recorder, r.stopRecorder = rec, func() { stop(); <-done }
+		r.recorder = rec
+		r.cutRecorder = func() {
+			if c := conn.Load(); c != nil {
+				closeConnNow(c)
+			}
+		}
+		r.stopRecorder = func() {
+			stop()
+			// The last flush waits for confirms: a broker that stopped
+			// answering gets lastAcks, then the connection is cut.
+			select {
+			case <-done:
+			case <-time.After(lastAcks):
+				r.cutRecorder()
+				<-done
+			}
+		}
 	}
 	e.mu.Lock()
 	e.links = l
@@ -290,6 +309,9 @@ func (r *runner) stopAll() {
 			if r.links != nil {
 				r.links.closeWithin(100 * time.Millisecond)
 			}
+			if r.recorder != nil {
+				r.cutRecorder()
+			}
 			<-stopped
 		}
 	}
@@ -312,15 +334,17 @@ func (r *runner) env() *env {
 }
 
 // runRecorder keeps rec publishing to P.attempts on a connection of its
-// own, redialing after a failure, until ctx ends; Run flushes what is left
-// then.
-func (e *Engine) runRecorder(ctx context.Context, b config.Broker, rec *journal.Recorder) {
+// own (kept in current while it is open), redialing after a failure, until
+// ctx ends; Run flushes what is left then.
+func (e *Engine) runRecorder(ctx context.Context, b config.Broker, rec *journal.Recorder, current *atomic.Pointer[amqp.Connection]) {
 	wait := e.MinBackoff
 	for ctx.Err() == nil {
 		conn, err := broker.Dial(ctx, b, "attempts")
 		if err == nil {
+			current.Store(conn)
 			err = rec.Run(ctx, conn)
 			closeConn(conn)
+			current.Store(nil)
 			if err == nil {
 				return
 			}

@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -20,6 +21,12 @@ import (
 // warren must still stop within shutdown_grace plus the 5 s it gives the
 // last acks (not wait for the client's heartbeat timeout).
 func TestStalledBrokerDoesNotHoldShutdown(t *testing.T) {
+	for _, journal := range []bool{false, true} {
+		t.Run(fmt.Sprintf("journal=%t", journal), func(t *testing.T) { stalledBrokerStop(t, journal) })
+	}
+}
+
+func stalledBrokerStop(t *testing.T, journal bool) {
 	rc := warrentest.NewReceiver(t, func(int, *http.Request) int { return http.StatusOK })
 	subs := make([]config.Subscription, 5)
 	for i := range subs {
@@ -29,6 +36,9 @@ func TestStalledBrokerDoesNotHoldShutdown(t *testing.T) {
 	proxy := brokertest.NewProxy(t)
 	cfg.Broker.URL = brokertest.URLAt(t, proxy.Addr)
 	cfg.Server.ShutdownGrace = time.Second
+	if journal {
+		cfg.Broker.Journal = &config.Journal{MaxAge: time.Hour, MaxBytes: 10 * config.MiB}
+	}
 
 	e := engine.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), metrics.New())
 	ctx, cancel := context.WithCancel(context.Background())
@@ -36,6 +46,11 @@ func TestStalledBrokerDoesNotHoldShutdown(t *testing.T) {
 	go func() { done <- e.Run(ctx) }()
 	for _, s := range subs {
 		waitState(t, e, s.Name, engine.StateConsuming)
+	}
+	if journal {
+		// An attempt on record, so stopping has one to flush.
+		warrentest.Publish(t, cfg, "stall.event", warrentest.JSON("evt_stall", `{}`))
+		rc.WaitFor(t, 10*time.Second, "the event at every subscription", func(r []warrentest.Request) bool { return len(r) == len(subs) })
 	}
 
 	proxy.Stall()
