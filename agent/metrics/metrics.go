@@ -125,9 +125,11 @@ type Subscription struct {
 
 // For binds the metrics of subscription name.
 func (m *Metrics) For(name string) *Subscription {
-	outcome := func(o string) *Counter { return &Counter{vec: m.deliveries, labels: []string{name, o}} }
+	outcome := func(o string) *Counter {
+		return &Counter{lazy[prometheus.Counter]{vec: m.deliveries, labels: []string{name, o}}}
+	}
 	gauge := func(vec *prometheus.GaugeVec, labels ...string) *Gauge {
-		return &Gauge{vec: vec, labels: append([]string{name}, labels...)}
+		return &Gauge{lazy[prometheus.Gauge]{vec: vec, labels: append([]string{name}, labels...)}}
 	}
 	return &Subscription{
 		Delivered:    outcome(OutcomeDelivered),
@@ -135,8 +137,8 @@ func (m *Metrics) For(name string) *Subscription {
 		Parked:       outcome(OutcomeParked),
 		Requeued:     outcome(OutcomeRequeued),
 		Filtered:     outcome(OutcomeFiltered),
-		DedupSkipped: &Counter{vec: m.dedupSkipped, labels: []string{name}},
-		Latency:      &Histogram{vec: m.latency, name: name},
+		DedupSkipped: &Counter{lazy[prometheus.Counter]{vec: m.dedupSkipped, labels: []string{name}}},
+		Latency:      &Histogram{lazy[prometheus.Observer]{vec: m.latency, labels: []string{name}}},
 		InFlight:     gauge(m.inFlight),
 		CircuitOpen:  gauge(m.circuitOpen),
 		Paused:       gauge(m.paused),
@@ -156,36 +158,33 @@ func (s *Subscription) Start() {
 	s.DeadMessages.series()
 }
 
-// Counter is a counter series created at its first increment.
-type Counter struct {
-	vec    *prometheus.CounterVec
+// lazy is one series of vec, created at its first use.
+type lazy[T any] struct {
+	vec interface {
+		WithLabelValues(...string) T
+		DeleteLabelValues(...string) bool
+	}
 	labels []string
 	once   sync.Once
-	c      prometheus.Counter
+	made   atomic.Bool
+	s      T
 }
 
-func (c *Counter) series() prometheus.Counter {
-	c.once.Do(func() { c.c = c.vec.WithLabelValues(c.labels...) })
-	return c.c
+func (l *lazy[T]) series() T {
+	l.once.Do(func() {
+		l.s = l.vec.WithLabelValues(l.labels...)
+		l.made.Store(true)
+	})
+	return l.s
 }
+
+// Counter is a counter series created at its first increment.
+type Counter struct{ lazy[prometheus.Counter] }
 
 func (c *Counter) Inc() { c.series().Inc() }
 
 // Gauge is a gauge series created at its first change from 0.
-type Gauge struct {
-	vec    *prometheus.GaugeVec
-	labels []string
-	once   sync.Once
-	g      atomic.Pointer[prometheus.Gauge]
-}
-
-func (g *Gauge) series() prometheus.Gauge {
-	g.once.Do(func() {
-		s := g.vec.WithLabelValues(g.labels...)
-		g.g.Store(&s)
-	})
-	return *g.g.Load()
-}
+type Gauge struct{ lazy[prometheus.Gauge] }
 
 func (g *Gauge) Inc() { g.series().Inc() }
 func (g *Gauge) Dec() { g.series().Dec() }
@@ -194,7 +193,7 @@ func (g *Gauge) Dec() { g.series().Dec() }
 // removes the series instead, as 0 is what its absence means: the series
 // may be left at 1 by the holder of an earlier run of the subscription.
 func (g *Gauge) Set(v float64) {
-	if v == 0 && g.g.Load() == nil {
+	if v == 0 && !g.made.Load() {
 		g.vec.DeleteLabelValues(g.labels...)
 		return
 	}
@@ -202,17 +201,9 @@ func (g *Gauge) Set(v float64) {
 }
 
 // Histogram is a histogram series created at its first observation.
-type Histogram struct {
-	vec  *prometheus.HistogramVec
-	name string
-	once sync.Once
-	o    prometheus.Observer
-}
+type Histogram struct{ lazy[prometheus.Observer] }
 
-func (h *Histogram) Observe(v float64) {
-	h.once.Do(func() { h.o = h.vec.WithLabelValues(h.name) })
-	h.o.Observe(v)
-}
+func (h *Histogram) Observe(v float64) { h.series().Observe(v) }
 
 // TierMessages is the gauge of one shared retry tier's depth.
 func (m *Metrics) TierMessages(queue string) prometheus.Gauge {
