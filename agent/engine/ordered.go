@@ -114,10 +114,10 @@ func (k *keys) remember(key string, held bool) {
 	k.held[key] = held
 }
 
-// redeclareHeld declares again the held queue and the head record of
-// every key known to be held: an operator may have deleted one while
-// events of the key are moved into it, or its next head is recorded. The
-// key's head is still on its way and releases what waits.
+// redeclareHeld declares again the held queue of every key known to be
+// held: an operator may have deleted one while events of the key are
+// moved into it. The key's head is still on its way and releases them. (A
+// deleted record is declared by the release that finds it missing.)
 func (k *keys) redeclareHeld() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -126,13 +126,11 @@ func (k *keys) redeclareHeld() error {
 		if !held {
 			continue
 		}
-		for _, q := range []string{k.queue(key), k.record(key)} {
-			ch, err := k.channel()
-			if err == nil {
-				err = k.declare(ch, q)
-			}
-			errs = append(errs, err)
+		ch, err := k.channel()
+		if err == nil {
+			err = k.declare(ch, k.queue(key))
 		}
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
