@@ -288,12 +288,7 @@ func waitReleased(t *testing.T, cfg *config.Config) {
 // event of the key is moved into the queue declared again, and goes out
 // after the head: three requests, in order.
 func TestDeletedHeldQueueDoesNotHoldItsKey(t *testing.T) {
-	rc := failsFirstAttempt(t, "evt_a_000")
-	sub := orderedSub(rc.URL)
-	sub.Retry.Delays = []time.Duration{heldFor}
-	cfg := warrentest.Config(t, sub)
-	start(t, cfg)
-	warrentest.Apply(t, cfg)
+	rc, cfg := startHeldKey(t)
 	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 0), accountEvent("a", 1))
 	deleteHeld(t, waitHeld(t, cfg, "a", 1), 1)
 	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 2))
@@ -309,10 +304,19 @@ func TestDeletedHeldQueueDoesNotHoldItsKey(t *testing.T) {
 	waitReleased(t, cfg)
 }
 
-// heldFor is how long the head waits for its retry in the tests that
-// delete a held key's queues: long enough for the deletion and the moves
-// after it to happen while the key is held.
-const heldFor = 6 * time.Second
+// startHeldKey starts an ordered subscription whose endpoint fails the
+// first attempt of evt_a_000, which then holds account a for 6 s while it
+// waits for its retry: long enough for the tests that delete a held key's
+// queues to do so, and move events after it, while the key is held.
+func startHeldKey(t *testing.T) (*warrentest.Receiver, *config.Config) {
+	rc := failsFirstAttempt(t, "evt_a_000")
+	sub := orderedSub(rc.URL)
+	sub.Retry.Delays = []time.Duration{6 * time.Second}
+	cfg := warrentest.Config(t, sub)
+	start(t, cfg)
+	warrentest.Apply(t, cfg)
+	return rc, cfg
+}
 
 // deleteHeld deletes queue, which must hold n messages: the key is still
 // held.
@@ -347,12 +351,7 @@ func waitHeld(t *testing.T, cfg *config.Config, key string, n int) string {
 // head record while its head waits for a retry. The head is still sent
 // when it comes back, and it releases the events behind it, in order.
 func TestDeletedHeadRecordDoesNotHoldItsKey(t *testing.T) {
-	rc := failsFirstAttempt(t, "evt_a_000")
-	sub := orderedSub(rc.URL)
-	sub.Retry.Delays = []time.Duration{heldFor}
-	cfg := warrentest.Config(t, sub)
-	start(t, cfg)
-	warrentest.Apply(t, cfg)
+	rc, cfg := startHeldKey(t)
 	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 0), accountEvent("a", 1), accountEvent("a", 2))
 	deleteHeld(t, waitHeld(t, cfg, "a", 2)+".head", 1)
 	reqs := rc.WaitFor(t, 20*time.Second, "every event of a", func(r []warrentest.Request) bool { return len(r) == 4 })
