@@ -14,10 +14,12 @@ import (
 	"testing"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 
 	"github.com/warren-hq/warren/agent/engine"
 	"github.com/warren-hq/warren/agent/event"
+	"github.com/warren-hq/warren/agent/internal/brokertest"
 	"github.com/warren-hq/warren/agent/internal/warrentest"
 	"github.com/warren-hq/warren/agent/metrics"
 	"github.com/warren-hq/warren/config"
@@ -154,6 +156,55 @@ func TestRetryLadderKeepsIDAndWaitsEachTier(t *testing.T) {
 	hdSettled(t, 10*time.Second, hdQueues(cfg, s)...)
 	if n := len(rc.Requests()); n != 3 {
 		t.Errorf("endpoint got %d requests, want exactly 3", n)
+	}
+}
+
+// TestOldPerSubscriptionTierDrainsIntoItsWorkQueue: tiers used to be per
+// subscription (P.S.retry.<delay>, dead-lettering to P.S). A retry copy an
+// older warren left in one reaches the endpoint after the upgrade, once,
+// as the event it was.
+func TestOldPerSubscriptionTierDrainsIntoItsWorkQueue(t *testing.T) {
+	rc := warrentest.NewReceiver(t, nil)
+	cfg := warrentest.Config(t, config.Subscription{Name: "upgraded", URL: rc.URL, Events: []string{"#"}})
+	s := cfg.Subscriptions[0]
+	warrentest.Apply(t, cfg)
+	old := cfg.WorkQueue(s) + ".retry.500ms"
+	conn := brokertest.Dial(t)
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(old, true, false, false, false, amqp.Table{
+		"x-queue-type": cfg.Broker.QueueType, "x-message-ttl": int64(500),
+		"x-dead-letter-exchange": "", "x-dead-letter-routing-key": cfg.WorkQueue(s),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if ch, err := conn.Channel(); err == nil {
+			ch.QueueDelete(old, false, false, false)
+		}
+	})
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	copy := warrentest.JSON("evt_old_tier", `{"n":1}`)
+	copy.DeliveryMode = amqp.Persistent
+	copy.Headers = amqp.Table{event.HeaderAttempt: int32(1), event.HeaderRoutingKey: "order.created", event.HeaderLastStatus: int32(503)}
+	dc, err := ch.PublishWithDeferredConfirm("", old, true, false, copy)
+	if err != nil || !dc.Wait() {
+		t.Fatalf("publish the old retry copy: %v", err)
+	}
+
+	start(t, cfg)
+	reqs := rc.WaitFor(t, 10*time.Second, "the old retry copy", func(r []warrentest.Request) bool { return len(r) == 1 })
+	var env struct{ ID, Type string }
+	if err := json.Unmarshal(reqs[0].Body, &env); err != nil || env.ID != "evt_old_tier" || env.Type != "order.created" {
+		t.Errorf("endpoint got %s (%v), want evt_old_tier of type order.created", reqs[0].Body, err)
+	}
+	hdSettled(t, 10*time.Second, append(hdQueues(cfg, s), old)...)
+	if n := len(rc.Requests()); n != 1 {
+		t.Errorf("endpoint got %d requests, want exactly 1", n)
 	}
 }
 
