@@ -18,7 +18,7 @@ demo: build
 
 # Fails when warren misses a goal of SPEC §15; see agent/bench/README.md.
 bench: build
-	go test -run '^$$' -bench 'BridgeComparison|JournalDrain' -benchtime 1x -timeout 30m ./agent/bench/
+	go test -run '^$$' -bench 'BridgeComparison|JournalDrain|CopyHeaders' -benchtime 1x -timeout 30m ./agent/bench/
 
 # Cost per subscription (goroutines, channels, queues, memory) as the number
 # of subscriptions grows: benchmarks named Scale*.
