@@ -50,8 +50,9 @@ type keys struct {
 
 	mu      sync.Mutex
 	ch      *amqp.Channel
-	release func()          // gives ch's slot back
-	held    map[string]bool // known state per key
+	release func()               // gives ch's slot back
+	held    map[string]bool      // known state per key
+	checked map[string]time.Time // when each held key's head was last checked for lateness
 }
 
 // maxKnownKeys bounds the held-state cache; past it, it starts over and
@@ -140,8 +141,9 @@ func (k *keys) redeclareHeld() error {
 // comes back after a crash (acked too late) finds another event recorded
 // and releases nothing, so a key never has two heads.
 type headRecord struct {
-	Seq  int64  `json:"seq"`
-	Head string `json:"head"`
+	Seq  int64     `json:"seq"`
+	Head string    `json:"head"`
+	At   time.Time `json:"at,omitzero"` // when it became the head; zero in records of older versions
 }
 
 func (k *keys) record(key string) string { return k.queue(key) + ".head" }
@@ -182,7 +184,7 @@ func (k *keys) hold(key, head string) error {
 	if rec, ok := current(records); ok && rec.Head == head {
 		requeueAll(records)
 	} else {
-		if err := k.writeRecord(key, headRecord{Seq: rec.Seq + 1, Head: head}); err != nil {
+		if err := k.writeRecord(key, headRecord{Seq: rec.Seq + 1, Head: head, At: time.Now().UTC()}); err != nil {
 			requeueAll(records)
 			return err
 		}
@@ -235,6 +237,46 @@ func (k *keys) isHead(key, id string) (bool, error) {
 	requeueAll(records)
 	rec, ok := current(records)
 	return !ok || rec.Head == id, nil
+}
+
+// headLate is how long past the subscription's whole retry schedule (the
+// sum of its delays: a head keeps its place through every retry) a held
+// key's head may stay away before warren warns that it may be lost.
+var headLate = 10 * time.Minute
+
+// checkLate warns when key's recorded head has been away longer than the
+// retry schedule plus headLate: a head that left the subscription's
+// queues without an outcome warren decided (dead-lettered by the broker at
+// a quorum queue's delivery limit, purged by an operator) holds its key
+// for good, and nothing else would say so. A work queue that far behind
+// warns too. It reads the record at most once per headLate per key, when
+// an event of the key is moved aside.
+func (k *keys) checkLate(key string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	now := time.Now()
+	if last, ok := k.checked[key]; ok && now.Sub(last) < headLate {
+		return
+	}
+	if len(k.checked) >= maxKnownKeys {
+		clear(k.checked)
+	}
+	k.checked[key] = now
+	records, err := k.takeRecords(key)
+	if err != nil {
+		return // the move that follows retries and logs broker errors
+	}
+	requeueAll(records)
+	rec, ok := current(records)
+	var schedule time.Duration
+	for _, d := range k.s.opts.Retry.Delays {
+		schedule += d
+	}
+	if !ok || rec.At.IsZero() || now.Sub(rec.At) <= schedule+headLate {
+		return
+	}
+	k.s.log.Warn("a held key's head is late; the key's later events wait for it",
+		"held_queue", k.queue(key), "head", rec.Head, "head_since", rec.At, "late_by", (now.Sub(rec.At) - schedule).Round(time.Second).String())
 }
 
 // current is the newest of records; ok is false when there is none.
@@ -347,7 +389,7 @@ func (k *keys) releaseKey(key, head string) error {
 	msg.Headers[event.HeaderKeyHead] = true
 	err = k.env.copies.publish(k.env.hard, "", k.s.work, msg)
 	if err == nil {
-		err = k.writeRecord(key, headRecord{Seq: rec.Seq + 1, Head: ev.ID})
+		err = k.writeRecord(key, headRecord{Seq: rec.Seq + 1, Head: ev.ID, At: time.Now().UTC()})
 	}
 	if err != nil {
 		_ = next.Nack(false, true) // back to the front of the held queue
@@ -394,6 +436,7 @@ func (s *subscriber) handleOrdered(ctx context.Context, env *env, k *keys, d *am
 		waits = !head
 	}
 	if waits {
+		k.checkLate(key)
 		s.replace(env, d, &ev, "", k.queue(key), event.Move(d, ev), "held-key", nil)
 		return
 	}

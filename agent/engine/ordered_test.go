@@ -14,6 +14,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/warren-hq/warren/agent/engine"
 	"github.com/warren-hq/warren/agent/event"
 	"github.com/warren-hq/warren/agent/internal/brokertest"
 	"github.com/warren-hq/warren/agent/internal/warrentest"
@@ -359,5 +360,49 @@ func TestDeletedHeadRecordDoesNotHoldItsKey(t *testing.T) {
 	waitReleased(t, cfg)
 	if n := len(rc.Requests()); n != 4 {
 		t.Errorf("%d requests, want 4: one failed attempt and one delivery of each event", n)
+	}
+}
+
+// TestLateHeadIsReported: a held key's head leaves the subscription's
+// queues without an outcome (an operator purges its retry tier). The key
+// stays held; once the head is later than the retry schedule allows, the
+// next event of the key that is moved aside logs a warning that names the
+// head, and not before.
+func TestLateHeadIsReported(t *testing.T) {
+	engine.SetHeadLate(t, 0)
+	rc := failsFirstAttempt(t, "evt_a_000")
+	sub := orderedSub(rc.URL)
+	schedule := 3 * time.Second
+	sub.Retry.Delays = []time.Duration{schedule}
+	cfg := warrentest.Config(t, sub)
+	h := hdStart(t, cfg)
+	warrentest.Apply(t, cfg)
+	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 0))
+	tier := cfg.RetryQueue(schedule)
+	warrentest.WaitDepth(t, tier, 1, 10*time.Second)
+	heldAt := time.Now()
+	ch, err := brokertest.Dial(t).Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := ch.QueuePurge(tier, false); err != nil || n != 1 {
+		t.Fatalf("purge the head from %s: %d messages, %v", tier, n, err)
+	}
+
+	const warning = "head is late"
+	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 1))
+	waitHeld(t, cfg, "a", 1)
+	if strings.Contains(h.logs.String(), warning) {
+		t.Fatalf("warned while the head could still come back:\n%s", h.logs.String())
+	}
+	time.Sleep(time.Until(heldAt.Add(schedule + 200*time.Millisecond)))
+	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 2))
+	waitHeld(t, cfg, "a", 2)
+	warrentest.WaitUntil(t, 5*time.Second, "the warning naming the late head", func() bool {
+		logs := h.logs.String()
+		return strings.Contains(logs, warning) && strings.Contains(logs, "head=evt_a_000")
+	})
+	if n := len(rc.Requests()); n != 1 {
+		t.Errorf("%d requests, want 1 (the failed attempt): the key stays held", n)
 	}
 }
