@@ -406,3 +406,36 @@ func TestLateHeadIsReported(t *testing.T) {
 		t.Errorf("%d requests, want 1 (the failed attempt): the key stays held", n)
 	}
 }
+
+// TestDeadLetteredHeadReplayedReleasesItsKey: a held key's head leaves
+// without an outcome, as when the broker dead-letters it at a quorum
+// queue's delivery limit, and an operator replays it (`dead replay`). It
+// is still the key's recorded head: it is sent, and releases the events
+// behind it, in order.
+func TestDeadLetteredHeadReplayedReleasesItsKey(t *testing.T) {
+	rc, cfg := startHeldKey(t)
+	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 0), accountEvent("a", 1), accountEvent("a", 2))
+	waitHeld(t, cfg, "a", 2)
+	ch, err := brokertest.Dial(t).Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tier := cfg.RetryQueue(cfg.Subscriptions[0].Retry.Delays[0])
+	head, ok, err := ch.Get(tier, false)
+	if err != nil || !ok {
+		t.Fatalf("take the head from %s: %v, %v", tier, ok, err)
+	}
+	replay := event.Replay(&head, event.FromDelivery(&head, time.Now()))
+	if err := ch.Publish("", cfg.WorkQueue(cfg.Subscriptions[0]), false, false, replay); err != nil {
+		t.Fatal(err)
+	}
+	if err := head.Ack(false); err != nil {
+		t.Fatal(err)
+	}
+	reqs := rc.WaitFor(t, 10*time.Second, "every event of a", func(r []warrentest.Request) bool { return len(r) == 4 })
+	checkOrder(t, reqs, "a", 3)
+	waitReleased(t, cfg)
+	if n := len(rc.Requests()); n != 4 {
+		t.Errorf("%d requests, want 4: one failed attempt and one delivery of each event", n)
+	}
+}

@@ -219,10 +219,14 @@ func Copy(d *amqp.Delivery, ev Event, o Outcome, parkedAt time.Time) amqp.Publis
 }
 
 // Replay builds the message that moves a parked copy back to its work
-// queue: same id and body, attempt count and last outcome cleared.
+// queue: same id and body, attempt count and last outcome cleared. A copy
+// warren parked has no head mark (parking released its key); a key's head
+// that the broker dead-lettered by itself keeps its mark, because nothing
+// released its key: back in the work queue it is sent if the key's record
+// still names it, and its outcome releases the key.
 func Replay(d *amqp.Delivery, ev Event) amqp.Publishing {
 	p := Copy(d, ev, Outcome{}, time.Time{})
-	for _, k := range []string{HeaderAttempt, HeaderLastStatus, HeaderLastError, HeaderParkedAt, HeaderFirstAttemptAt, HeaderKeyHead} {
+	for _, k := range []string{HeaderAttempt, HeaderLastStatus, HeaderLastError, HeaderParkedAt, HeaderFirstAttemptAt} {
 		delete(p.Headers, k)
 	}
 	return p
@@ -233,7 +237,9 @@ func Replay(d *amqp.Delivery, ev Event) amqp.Publishing {
 // equal bodies are two events and every later hop keeps the id.
 func Stamp(d *amqp.Delivery, ev Event) amqp.Publishing {
 	ev.ID = NewID()
-	return Replay(d, ev)
+	p := Replay(d, ev)
+	delete(p.Headers, HeaderKeyHead) // a first publish heads nothing yet
+	return p
 }
 
 // Parked is what `dead list` shows of a parked message.

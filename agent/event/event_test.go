@@ -149,6 +149,26 @@ func TestBrokerDeadLetteredKeepsIdentity(t *testing.T) {
 	}
 }
 
+// TestReplayKeepsTheMarkOfAHeadNobodyParked: a key's head that the broker
+// dead-lettered released nothing, so dead replay sends it back as the
+// head; a copy warren parked released its key and heads nothing.
+func TestReplayKeepsTheMarkOfAHeadNobodyParked(t *testing.T) {
+	head := &amqp.Delivery{MessageId: "evt_head", RoutingKey: "order.created", Body: []byte(`{}`),
+		Headers: amqp.Table{HeaderKeyHead: true, HeaderAttempt: int32(2)}}
+	ev := FromDelivery(head, time.Now())
+	if !IsKeyHead(&amqp.Delivery{Headers: Replay(head, ev).Headers}) {
+		t.Error("dead replay drops the head mark of a head the broker dead-lettered")
+	}
+	parked := Copy(head, ev, Outcome{Status: 500, Error: "HTTP 500"}, time.Now())
+	parkedDelivery := &amqp.Delivery{MessageId: parked.MessageId, Headers: parked.Headers, Body: parked.Body}
+	if IsKeyHead(&amqp.Delivery{Headers: Replay(parkedDelivery, FromDelivery(parkedDelivery, time.Now())).Headers}) {
+		t.Error("dead replay marks a copy warren parked as a head")
+	}
+	if IsKeyHead(&amqp.Delivery{Headers: Stamp(head, ev).Headers}) {
+		t.Error("an id stamp keeps a head mark the publisher set")
+	}
+}
+
 // TestAttemptCountCannotOverflow: a foreign warren-attempt at the top of
 // int64 must not wrap into a negative attempt (which would index the
 // retry schedule out of range and crash).
