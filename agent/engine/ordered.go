@@ -36,6 +36,7 @@ import (
 // (the retry copy becomes the key's head), release before an event that is
 // done with is acked (the key's next event becomes its head).
 type keyHooks struct {
+	key     string
 	hold    func(head string) error
 	release func() error
 }
@@ -386,7 +387,7 @@ func (k *keys) releaseKey(key, head string) error {
 	}
 	ev := event.FromDelivery(&next, time.Now())
 	msg := event.Move(&next, ev)
-	msg.Headers[event.HeaderKeyHead] = true
+	msg.Headers[event.HeaderKeyHead] = key
 	err = k.env.copies.publish(k.env.hard, "", k.s.work, msg)
 	if err == nil {
 		err = k.writeRecord(key, headRecord{Seq: rec.Seq + 1, Head: ev.ID, At: time.Now().UTC()})
@@ -441,13 +442,19 @@ func (s *subscriber) handleOrdered(ctx context.Context, env *env, k *keys, d *am
 		return
 	}
 	s.attempt(ctx, env, d, &keyHooks{
+		key:     key,
 		hold:    func(head string) error { return k.hold(key, head) },
 		release: func() error { return k.releaseKey(key, ev.ID) },
 	}, nil)
 }
 
-// orderingKey evaluates the subscription's ordering key for d.
+// orderingKey evaluates the subscription's ordering key for d. A head
+// keeps the key it was held under: a reload that changed the key
+// expression since must not strand the events held behind it.
 func (s *subscriber) orderingKey(d *amqp.Delivery) (string, error) {
+	if key, ok := event.HeldKey(d); ok {
+		return key, nil
+	}
 	if s.rulesErr != nil {
 		return "", s.rulesErr
 	}

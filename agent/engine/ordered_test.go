@@ -439,3 +439,33 @@ func TestDeadLetteredHeadReplayedReleasesItsKey(t *testing.T) {
 		t.Errorf("%d requests, want 4: one failed attempt and one delivery of each event", n)
 	}
 }
+
+// TestReloadKeepsTheKeyOfAHead: a reload changes the ordering key
+// expression while a key is held. Its head comes back under the new
+// expression, which names another key; it still heads the key it was held
+// under, and releases the events behind it, in order.
+func TestReloadKeepsTheKeyOfAHead(t *testing.T) {
+	rc := failsFirstAttempt(t, "evt_a_000")
+	sub := orderedSub(rc.URL)
+	sub.Retry.Delays = []time.Duration{4 * time.Second}
+	cfg := warrentest.Config(t, sub)
+	e := hdStart(t, cfg)
+	warrentest.Apply(t, cfg)
+	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 0), accountEvent("a", 1), accountEvent("a", 2))
+	waitHeld(t, cfg, "a", 2)
+
+	next := *cfg
+	renamed := cfg.Subscriptions[0]
+	renamed.Ordering.Key = `"account-" + data.account_id`
+	next.Subscriptions = []config.Subscription{renamed}
+	e.Reload(&next)
+	success := map[string]string{"result": "success"}
+	warrentest.WaitUntil(t, 10*time.Second, "the reload", func() bool { return e.metric(t, "warren_config_reloads_total", success) == 1 })
+
+	reqs := rc.WaitFor(t, 15*time.Second, "every event of a", func(r []warrentest.Request) bool { return len(r) == 4 })
+	checkOrder(t, reqs, "a", 3)
+	waitReleased(t, cfg)
+	if n := len(rc.Requests()); n != 4 {
+		t.Errorf("%d requests, want 4: one failed attempt and one delivery of each event", n)
+	}
+}

@@ -34,14 +34,21 @@ const (
 	// HeaderKeyHead marks, in an ordered subscription, the event its key
 	// waits for: a retry copy, or the next event moved back from the key's
 	// held queue. Later events of a held key are moved aside; a head is
-	// delivered.
+	// delivered. Its value is the key (true from older versions).
 	HeaderKeyHead = "warren-key-head"
 )
 
-// IsKeyHead reports whether d is the head of its held key.
+// IsKeyHead reports whether d is marked as the head of its held key.
 func IsKeyHead(d *amqp.Delivery) bool {
-	v, _ := d.Headers[HeaderKeyHead].(bool)
-	return v
+	_, ok := HeldKey(d)
+	return ok || d.Headers[HeaderKeyHead] == true
+}
+
+// HeldKey is the key d was marked the head of, when the mark names it
+// ("" is a key like any other).
+func HeldKey(d *amqp.Delivery) (string, bool) {
+	key, ok := d.Headers[HeaderKeyHead].(string)
+	return key, ok
 }
 
 // Move builds the copy that moves d, unchanged but for what the broker

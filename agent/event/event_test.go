@@ -195,3 +195,28 @@ func TestMoveKeepsTheEvent(t *testing.T) {
 		}
 	}
 }
+
+// TestKeyHeadMark: the head mark names the key it heads, "" included; an
+// older warren's mark is true and names none.
+func TestKeyHeadMark(t *testing.T) {
+	for v, want := range map[any]struct {
+		head  bool
+		key   string
+		named bool
+	}{
+		"acct_1": {true, "acct_1", true},
+		"":       {true, "", true},
+		true:     {true, "", false},
+		false:    {false, "", false},
+		int32(1): {false, "", false},
+	} {
+		d := &amqp.Delivery{Headers: amqp.Table{HeaderKeyHead: v}}
+		key, named := HeldKey(d)
+		if IsKeyHead(d) != want.head || key != want.key || named != want.named {
+			t.Errorf("mark %#v: head %v, key %q named %v; want %v, %q, %v", v, IsKeyHead(d), key, named, want.head, want.key, want.named)
+		}
+	}
+	if IsKeyHead(&amqp.Delivery{}) {
+		t.Error("a message without the mark is a head")
+	}
+}
