@@ -51,9 +51,17 @@ type keys struct {
 
 	mu      sync.Mutex
 	ch      *amqp.Channel
-	release func()               // gives ch's slot back
-	held    map[string]bool      // known state per key
-	checked map[string]time.Time // when each held key's head was last checked for lateness
+	release func()              // gives ch's slot back
+	held    map[string]bool     // known state per key
+	heads   map[string]headTime // per held key, since when its head heads it
+}
+
+// headTime is which event heads a held key, since when (zero: unknown, a
+// record of an older version), and when warren last warned that it is
+// late.
+type headTime struct {
+	head          string
+	since, warned time.Time
 }
 
 // maxKnownKeys bounds the held-state cache; past it, it starts over and
@@ -184,12 +192,17 @@ func (k *keys) hold(key, head string) error {
 	}
 	if rec, ok := current(records); ok && rec.Head == head {
 		requeueAll(records)
+		if _, known := k.heads[key]; !known {
+			k.setHead(key, headTime{head: head, since: rec.At})
+		}
 	} else {
-		if err := k.writeRecord(key, headRecord{Seq: rec.Seq + 1, Head: head, At: time.Now().UTC()}); err != nil {
+		now := time.Now().UTC()
+		if err := k.writeRecord(key, headRecord{Seq: rec.Seq + 1, Head: head, At: now}); err != nil {
 			requeueAll(records)
 			return err
 		}
 		ackAll(records)
+		k.setHead(key, headTime{head: head, since: now})
 	}
 	k.remember(key, true)
 	return nil
@@ -240,44 +253,53 @@ func (k *keys) isHead(key, id string) (bool, error) {
 	return !ok || rec.Head == id, nil
 }
 
-// headLate is how long past the subscription's whole retry schedule (the
-// sum of its delays: a head keeps its place through every retry) a held
-// key's head may stay away before warren warns that it may be lost.
+// headLate is how long past the longest its retries may take a held key's
+// head may stay away before warren warns that it may be lost, and how
+// often it warns again.
 var headLate = 10 * time.Minute
 
-// checkLate warns when key's recorded head has been away longer than the
-// retry schedule plus headLate: a head that left the subscription's
-// queues without an outcome warren decided (dead-lettered by the broker at
-// a quorum queue's delivery limit, purged by an operator) holds its key
-// for good, and nothing else would say so. A work queue that far behind
-// warns too. It reads the record at most once per headLate per key, when
-// an event of the key is moved aside.
-func (k *keys) checkLate(key string) {
+// checkLate warns when key's head has been away longer than its retries
+// may take (as many as there are delays, each up to the longest one: a
+// Retry-After picks the tier) plus headLate. A head that left the
+// subscription's queues without an outcome warren decided (dead-lettered by
+// the broker at a quorum queue's delivery limit, purged by an operator)
+// holds its key for good, and nothing else would say so; a work queue that
+// far behind warns too. It runs when an event of the key is moved aside,
+// and reads the record only for a key held before this session.
+func (k *keys) checkLate(key string, now time.Time) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	now := time.Now()
-	if last, ok := k.checked[key]; ok && now.Sub(last) < headLate {
+	h, known := k.heads[key]
+	if !known {
+		records, err := k.takeRecords(key)
+		if err != nil {
+			return // the move that follows retries and logs broker errors
+		}
+		requeueAll(records)
+		rec, _ := current(records)
+		h = headTime{head: rec.Head, since: rec.At}
+		k.setHead(key, h)
+	}
+	var retries time.Duration
+	if delays := k.s.opts.Retry.Delays; len(delays) > 0 {
+		retries = time.Duration(len(delays)) * delays[len(delays)-1]
+	}
+	late := now.Sub(h.since) - retries
+	if h.since.IsZero() || late <= headLate || now.Sub(h.warned) < headLate {
 		return
 	}
-	if len(k.checked) >= maxKnownKeys {
-		clear(k.checked)
-	}
-	k.checked[key] = now
-	records, err := k.takeRecords(key)
-	if err != nil {
-		return // the move that follows retries and logs broker errors
-	}
-	requeueAll(records)
-	rec, ok := current(records)
-	var schedule time.Duration
-	for _, d := range k.s.opts.Retry.Delays {
-		schedule += d
-	}
-	if !ok || rec.At.IsZero() || now.Sub(rec.At) <= schedule+headLate {
-		return
-	}
+	h.warned = now
+	k.setHead(key, h)
 	k.s.log.Warn("a held key's head is late; the key's later events wait for it",
-		"held_queue", k.queue(key), "head", rec.Head, "head_since", rec.At, "late_by", (now.Sub(rec.At) - schedule).Round(time.Second).String())
+		"held_queue", k.queue(key), "head", h.head, "head_since", h.since, "late_by", late.Round(time.Second).String())
+}
+
+// setHead remembers h for key; k.mu is held.
+func (k *keys) setHead(key string, h headTime) {
+	if len(k.heads) >= maxKnownKeys {
+		clear(k.heads)
+	}
+	k.heads[key] = h
 }
 
 // current is the newest of records; ok is false when there is none.
@@ -349,6 +371,7 @@ func (k *keys) releaseKey(key, head string) error {
 				// record left behind is rewritten when the key is held again.
 				k.drop()
 				k.remember(key, false)
+				delete(k.heads, key)
 				return nil
 			}
 			return fmt.Errorf("take the next event of a held key: %w", err)
@@ -371,6 +394,7 @@ func (k *keys) releaseKey(key, head string) error {
 				return fmt.Errorf("delete a released key's head record: %w", err)
 			}
 			k.remember(key, false)
+			delete(k.heads, key)
 			return nil
 		}
 		next = d
@@ -388,9 +412,10 @@ func (k *keys) releaseKey(key, head string) error {
 	ev := event.FromDelivery(&next, time.Now())
 	msg := event.Move(&next, ev)
 	msg.Headers[event.HeaderKeyHead] = key
+	now := time.Now().UTC()
 	err = k.env.copies.publish(k.env.hard, "", k.s.work, msg)
 	if err == nil {
-		err = k.writeRecord(key, headRecord{Seq: rec.Seq + 1, Head: ev.ID, At: time.Now().UTC()})
+		err = k.writeRecord(key, headRecord{Seq: rec.Seq + 1, Head: ev.ID, At: now})
 	}
 	if err != nil {
 		_ = next.Nack(false, true) // back to the front of the held queue
@@ -399,6 +424,7 @@ func (k *keys) releaseKey(key, head string) error {
 	}
 	_ = next.Ack(false)
 	ackAll(records)
+	k.setHead(key, headTime{head: ev.ID, since: now})
 	return nil
 }
 
@@ -437,7 +463,7 @@ func (s *subscriber) handleOrdered(ctx context.Context, env *env, k *keys, d *am
 		waits = !head
 	}
 	if waits {
-		k.checkLate(key)
+		k.checkLate(key, time.Now())
 		s.replace(env, d, &ev, "", k.queue(key), event.Move(d, ev), "held-key", nil)
 		return
 	}

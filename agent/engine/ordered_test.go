@@ -289,7 +289,7 @@ func waitReleased(t *testing.T, cfg *config.Config) {
 // event of the key is moved into the queue declared again, and goes out
 // after the head: three requests, in order.
 func TestDeletedHeldQueueDoesNotHoldItsKey(t *testing.T) {
-	rc, cfg := startHeldKey(t)
+	rc, cfg := startHeldKey(t, 6*time.Second)
 	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 0), accountEvent("a", 1))
 	deleteHeld(t, waitHeld(t, cfg, "a", 1), 1)
 	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 2))
@@ -309,10 +309,10 @@ func TestDeletedHeldQueueDoesNotHoldItsKey(t *testing.T) {
 // first attempt of evt_a_000, which then holds account a for 6 s while it
 // waits for its retry: long enough for the tests that delete a held key's
 // queues to do so, and move events after it, while the key is held.
-func startHeldKey(t *testing.T) (*warrentest.Receiver, *config.Config) {
+func startHeldKey(t *testing.T, delay time.Duration) (*warrentest.Receiver, *config.Config) {
 	rc := failsFirstAttempt(t, "evt_a_000")
 	sub := orderedSub(rc.URL)
-	sub.Retry.Delays = []time.Duration{6 * time.Second}
+	sub.Retry.Delays = []time.Duration{delay}
 	cfg := warrentest.Config(t, sub)
 	start(t, cfg)
 	warrentest.Apply(t, cfg)
@@ -352,7 +352,7 @@ func waitHeld(t *testing.T, cfg *config.Config, key string, n int) string {
 // head record while its head waits for a retry. The head is still sent
 // when it comes back, and it releases the events behind it, in order.
 func TestDeletedHeadRecordDoesNotHoldItsKey(t *testing.T) {
-	rc, cfg := startHeldKey(t)
+	rc, cfg := startHeldKey(t, 6*time.Second)
 	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 0), accountEvent("a", 1), accountEvent("a", 2))
 	deleteHeld(t, waitHeld(t, cfg, "a", 2)+".head", 1)
 	reqs := rc.WaitFor(t, 20*time.Second, "every event of a", func(r []warrentest.Request) bool { return len(r) == 4 })
@@ -365,20 +365,20 @@ func TestDeletedHeadRecordDoesNotHoldItsKey(t *testing.T) {
 
 // TestLateHeadIsReported: a held key's head leaves the subscription's
 // queues without an outcome (an operator purges its retry tier). The key
-// stays held; once the head is later than the retry schedule allows, the
-// next event of the key that is moved aside logs a warning that names the
-// head, and not before.
+// stays held. An event of the key moved aside while the head could still
+// come back (its retry, then the grace) logs nothing; once it is late, one
+// warning names the head, and the next events within the grace add none.
 func TestLateHeadIsReported(t *testing.T) {
-	engine.SetHeadLate(t, 0)
+	grace, delay := 2*time.Second, 3*time.Second
+	engine.SetHeadLate(t, grace)
 	rc := failsFirstAttempt(t, "evt_a_000")
 	sub := orderedSub(rc.URL)
-	schedule := 3 * time.Second
-	sub.Retry.Delays = []time.Duration{schedule}
+	sub.Retry.Delays = []time.Duration{delay}
 	cfg := warrentest.Config(t, sub)
 	h := hdStart(t, cfg)
 	warrentest.Apply(t, cfg)
 	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 0))
-	tier := cfg.RetryQueue(schedule)
+	tier := cfg.RetryQueue(delay)
 	warrentest.WaitDepth(t, tier, 1, 10*time.Second)
 	heldAt := time.Now()
 	ch, err := brokertest.Dial(t).Channel()
@@ -390,46 +390,68 @@ func TestLateHeadIsReported(t *testing.T) {
 	}
 
 	const warning = "head is late"
-	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 1))
-	waitHeld(t, cfg, "a", 1)
-	if strings.Contains(h.logs.String(), warning) {
+	moveAside := func(seq int, at time.Duration) {
+		t.Helper()
+		time.Sleep(time.Until(heldAt.Add(at)))
+		warrentest.Publish(t, cfg, "account.updated", accountEvent("a", seq))
+		waitHeld(t, cfg, "a", seq)
+	}
+	moveAside(1, 0)             // in its retry
+	moveAside(2, delay+grace/2) // in the grace
+	if n := strings.Count(h.logs.String(), warning); n != 0 {
 		t.Fatalf("warned while the head could still come back:\n%s", h.logs.String())
 	}
-	time.Sleep(time.Until(heldAt.Add(schedule + 200*time.Millisecond)))
-	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 2))
-	waitHeld(t, cfg, "a", 2)
-	warrentest.WaitUntil(t, 5*time.Second, "the warning naming the late head", func() bool {
-		logs := h.logs.String()
-		return strings.Contains(logs, warning) && strings.Contains(logs, "head=evt_a_000")
-	})
+	moveAside(3, delay+grace+500*time.Millisecond) // late
+	moveAside(4, delay+grace+time.Second)          // late, within the grace of the warning
+	logs := h.logs.String()
+	if n := strings.Count(logs, warning); n != 1 || !strings.Contains(logs, "head=evt_a_000") {
+		t.Errorf("%d warnings naming the head, want 1:\n%s", n, logs)
+	}
 	if n := len(rc.Requests()); n != 1 {
 		t.Errorf("%d requests, want 1 (the failed attempt): the key stays held", n)
 	}
 }
 
 // TestDeadLetteredHeadReplayedReleasesItsKey: a held key's head leaves
-// without an outcome, as when the broker dead-letters it at a quorum
-// queue's delivery limit, and an operator replays it (`dead replay`). It
-// is still the key's recorded head: it is sent, and releases the events
-// behind it, in order.
+// without an outcome: the broker dead-letters it to the dead queue (as at a
+// quorum queue's delivery limit, x-death and all), and an operator replays
+// it as `dead replay` does. It is still the key's recorded head: it is
+// sent, and releases the events behind it, in order.
 func TestDeadLetteredHeadReplayedReleasesItsKey(t *testing.T) {
-	rc, cfg := startHeldKey(t)
+	rc, cfg := startHeldKey(t, time.Minute)
 	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 0), accountEvent("a", 1), accountEvent("a", 2))
 	waitHeld(t, cfg, "a", 2)
 	ch, err := brokertest.Dial(t).Channel()
 	if err != nil {
 		t.Fatal(err)
 	}
-	tier := cfg.RetryQueue(cfg.Subscriptions[0].Retry.Delays[0])
+	sub := cfg.Subscriptions[0]
+	tier, dead, work := cfg.RetryQueue(time.Minute), cfg.DeadQueue(sub), cfg.WorkQueue(sub)
+	// What the broker puts in the dead queue.
 	head, ok, err := ch.Get(tier, false)
 	if err != nil || !ok {
 		t.Fatalf("take the head from %s: %v, %v", tier, ok, err)
 	}
-	replay := event.Replay(&head, event.FromDelivery(&head, time.Now()))
-	if err := ch.Publish("", cfg.WorkQueue(cfg.Subscriptions[0]), false, false, replay); err != nil {
+	head.Headers["x-death"] = []any{amqp.Table{"queue": work, "reason": "delivery_limit", "count": int64(1), "routing-keys": []any{work}}}
+	if err := ch.Publish("", dead, false, false, amqp.Publishing{
+		MessageId: head.MessageId, ContentType: head.ContentType, Timestamp: head.Timestamp, DeliveryMode: amqp.Persistent,
+		Headers: head.Headers, Body: head.Body,
+	}); err != nil {
 		t.Fatal(err)
 	}
 	if err := head.Ack(false); err != nil {
+		t.Fatal(err)
+	}
+	// What dead replay does with it.
+	warrentest.WaitDepth(t, dead, 1, 5*time.Second)
+	parked, ok, err := ch.Get(dead, false)
+	if err != nil || !ok {
+		t.Fatalf("take the head from %s: %v, %v", dead, ok, err)
+	}
+	if err := ch.Publish("", work, false, false, event.Replay(&parked, event.FromDelivery(&parked, time.Now()))); err != nil {
+		t.Fatal(err)
+	}
+	if err := parked.Ack(false); err != nil {
 		t.Fatal(err)
 	}
 	reqs := rc.WaitFor(t, 10*time.Second, "every event of a", func(r []warrentest.Request) bool { return len(r) == 4 })

@@ -217,7 +217,7 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 		// an ordered subscription must not do while earlier events of the
 		// same keys are in flight: its window stays as configured.
 		win.budget = nil
-		k = &keys{s: s, env: env, ctx: env.hard, held: map[string]bool{}, checked: map[string]time.Time{}}
+		k = &keys{s: s, env: env, ctx: env.hard, held: map[string]bool{}, heads: map[string]headTime{}}
 		s.keys.Store(k)
 		defer func() {
 			s.keys.Store(nil)

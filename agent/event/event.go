@@ -226,15 +226,20 @@ func Copy(d *amqp.Delivery, ev Event, o Outcome, parkedAt time.Time) amqp.Publis
 }
 
 // Replay builds the message that moves a parked copy back to its work
-// queue: same id and body, attempt count and last outcome cleared. A copy
-// warren parked has no head mark (parking released its key); a key's head
-// that the broker dead-lettered by itself keeps its mark, because nothing
-// released its key: back in the work queue it is sent if the key's record
-// still names it, and its outcome releases the key.
+// queue: same id and body, attempt count and last outcome cleared, and no
+// head mark (parking released the key), except on a key's head that the
+// broker dead-lettered by itself (x-death, no warren-parked-at): nothing
+// released its key, so back in the work queue it is sent if the key's
+// record still names it, and its outcome releases the key.
 func Replay(d *amqp.Delivery, ev Event) amqp.Publishing {
 	p := Copy(d, ev, Outcome{}, time.Time{})
+	_, parked := d.Headers[HeaderParkedAt]
+	_, deadLettered := d.Headers["x-death"]
 	for _, k := range []string{HeaderAttempt, HeaderLastStatus, HeaderLastError, HeaderParkedAt, HeaderFirstAttemptAt} {
 		delete(p.Headers, k)
+	}
+	if parked || !deadLettered {
+		delete(p.Headers, HeaderKeyHead)
 	}
 	return p
 }

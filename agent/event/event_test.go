@@ -151,21 +151,27 @@ func TestBrokerDeadLetteredKeepsIdentity(t *testing.T) {
 
 // TestReplayKeepsTheMarkOfAHeadNobodyParked: a key's head that the broker
 // dead-lettered released nothing, so dead replay sends it back as the
-// head; a copy warren parked released its key and heads nothing.
+// head; a copy warren parked released its key and heads nothing, even one
+// parked by a version that left the mark on.
 func TestReplayKeepsTheMarkOfAHeadNobodyParked(t *testing.T) {
-	head := &amqp.Delivery{MessageId: "evt_head", RoutingKey: "order.created", Body: []byte(`{}`),
-		Headers: amqp.Table{HeaderKeyHead: true, HeaderAttempt: int32(2)}}
-	ev := FromDelivery(head, time.Now())
-	if !IsKeyHead(&amqp.Delivery{Headers: Replay(head, ev).Headers}) {
-		t.Error("dead replay drops the head mark of a head the broker dead-lettered")
+	xDeath := []any{amqp.Table{"queue": "warren.ledger", "reason": "delivery_limit", "routing-keys": []any{"account.updated"}}}
+	for name, c := range map[string]struct {
+		headers amqp.Table
+		head    bool
+	}{
+		"dead-lettered by the broker": {amqp.Table{HeaderKeyHead: "acct_1", "x-death": xDeath}, true},
+		"parked, mark left on":        {amqp.Table{HeaderKeyHead: true, HeaderParkedAt: "2026-01-01T00:00:00Z", "x-death": xDeath}, false},
+		"no x-death":                  {amqp.Table{HeaderKeyHead: "acct_1"}, false},
+	} {
+		d := &amqp.Delivery{MessageId: "evt_head", RoutingKey: "warren.ledger.dead", Headers: c.headers, Body: []byte(`{}`)}
+		replay := Replay(d, FromDelivery(d, time.Now()))
+		if got := IsKeyHead(&amqp.Delivery{Headers: replay.Headers}); got != c.head {
+			t.Errorf("%s: replay is a head: %v, want %v", name, got, c.head)
+		}
 	}
-	parked := Copy(head, ev, Outcome{Status: 500, Error: "HTTP 500"}, time.Now())
-	parkedDelivery := &amqp.Delivery{MessageId: parked.MessageId, Headers: parked.Headers, Body: parked.Body}
-	if IsKeyHead(&amqp.Delivery{Headers: Replay(parkedDelivery, FromDelivery(parkedDelivery, time.Now())).Headers}) {
-		t.Error("dead replay marks a copy warren parked as a head")
-	}
-	if IsKeyHead(&amqp.Delivery{Headers: Stamp(head, ev).Headers}) {
-		t.Error("an id stamp keeps a head mark the publisher set")
+	head := &amqp.Delivery{MessageId: "evt_head", Headers: amqp.Table{HeaderKeyHead: "acct_1", "x-death": xDeath}, Body: []byte(`{}`)}
+	if IsKeyHead(&amqp.Delivery{Headers: Stamp(head, FromDelivery(head, time.Now())).Headers}) {
+		t.Error("an id stamp keeps a head mark")
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/warren-hq/warren/agent/event"
 	"github.com/warren-hq/warren/agent/internal/brokertest"
 	"github.com/warren-hq/warren/agent/journal"
 	"github.com/warren-hq/warren/agent/topology"
@@ -118,5 +119,20 @@ func TestParseTime(t *testing.T) {
 		if got, err := journal.ParseTime(in, now); err == nil {
 			t.Errorf("ParseTime(%q) = %v, want an error", in, got)
 		}
+	}
+}
+
+// TestReplayMessageHeadsNothing: a journaled event is the event as it was
+// published; replayed, it is a new delivery of it, never a key's head, even
+// when the publisher set the head mark.
+func TestReplayMessageHeadsNothing(t *testing.T) {
+	d := &amqp.Delivery{MessageId: "evt_1", RoutingKey: "account.updated", Body: []byte(`{}`),
+		Headers: amqp.Table{event.HeaderKeyHead: "acct_1", "x-death": []any{amqp.Table{"reason": "expired"}}}}
+	p := journal.ReplayMessage(d, "rpl_1", time.Now())
+	if event.IsKeyHead(&amqp.Delivery{Headers: p.Headers}) {
+		t.Error("a replayed journal entry is marked as its key's head")
+	}
+	if p.Headers[event.HeaderReplay] != "rpl_1" || p.MessageId != "evt_1" {
+		t.Errorf("replay headers %v, id %q; want the replay id and evt_1", p.Headers, p.MessageId)
 	}
 }
