@@ -186,15 +186,17 @@ func (k *keys) hold(key, head string) error {
 	if err := k.declare(ch, k.record(key)); err != nil {
 		return fmt.Errorf("declare head record for a key: %w", err)
 	}
+	if recorded, ok := k.recordedHead(key); ok && recorded == head {
+		k.remember(key, true)
+		return nil // a head that fails again
+	}
 	records, err := k.takeRecords(key)
 	if err != nil {
 		return err
 	}
 	if rec, ok := current(records); ok && rec.Head == head {
 		requeueAll(records)
-		if _, known := k.heads[key]; !known {
-			k.setHead(key, headTime{head: head, since: rec.At})
-		}
+		k.setHead(key, headTime{head: head, since: rec.At})
 	} else {
 		now := time.Now().UTC()
 		if err := k.writeRecord(key, headRecord{Seq: rec.Seq + 1, Head: head, At: now}); err != nil {
@@ -244,13 +246,29 @@ func (k *keys) takeRecords(key string) ([]amqp.Delivery, error) {
 func (k *keys) isHead(key, id string) (bool, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if head, ok := k.recordedHead(key); ok {
+		return head == id, nil
+	}
 	records, err := k.takeRecords(key)
 	if err != nil {
 		return false, err
 	}
 	requeueAll(records)
 	rec, ok := current(records)
+	if ok {
+		k.setHead(key, headTime{head: rec.Head, since: rec.At})
+	}
 	return !ok || rec.Head == id, nil
+}
+
+// recordedHead is key's head as this session last wrote or read its
+// record: only the active consumer writes records, so the broker would
+// say the same, and a read would count as one more delivery of the record
+// (a quorum queue drops a message redelivered past its delivery limit).
+// k.mu is held.
+func (k *keys) recordedHead(key string) (string, bool) {
+	h, ok := k.heads[key]
+	return h.head, ok && h.head != ""
 }
 
 // headLate is how long past the longest its retries may take a held key's

@@ -491,3 +491,41 @@ func TestReloadKeepsTheKeyOfAHead(t *testing.T) {
 		t.Errorf("%d requests, want 4: one failed attempt and one delivery of each event", n)
 	}
 }
+
+// TestHeadRecordIsNotReadAgainAndAgain: a head that fails again and
+// again keeps its key held, and this session knows its record: it reads
+// it from the broker no more. On a quorum queue each read was one more
+// delivery of the record, which RabbitMQ drops past its delivery limit.
+func TestHeadRecordIsNotReadAgainAndAgain(t *testing.T) {
+	const failures = 5
+	var tries atomic.Int32
+	rc := warrentest.NewReceiver(t, func(_ int, r *http.Request) int {
+		if r.Header.Get("Webhook-Id") == "evt_a_000" && tries.Add(1) <= failures {
+			return http.StatusServiceUnavailable
+		}
+		return http.StatusOK
+	})
+	sub := orderedSub(rc.URL)
+	last := 30 * time.Second
+	sub.Retry.Delays = []time.Duration{50 * time.Millisecond, 50 * time.Millisecond, 50 * time.Millisecond, 50 * time.Millisecond, last}
+	cfg := warrentest.Config(t, sub)
+	cfg.Broker.QueueType = config.QueueQuorum
+	start(t, cfg)
+	warrentest.Apply(t, cfg)
+	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 0), accountEvent("a", 1))
+	record := waitHeld(t, cfg, "a", 1) + ".head"
+	warrentest.WaitDepth(t, cfg.RetryQueue(last), 1, 10*time.Second) // failed 5 times, held for 30s
+
+	ch, err := brokertest.Dial(t).Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, ok, err := ch.Get(record, false)
+	if err != nil || !ok {
+		t.Fatalf("read %s: %v, %v", record, ok, err)
+	}
+	defer d.Nack(false, true)
+	if n, _ := d.Headers["x-delivery-count"].(int64); n > 1 {
+		t.Errorf("the head record was delivered %d times before, over %d failures of its head: want at most 1", n, failures)
+	}
+}
