@@ -82,7 +82,7 @@ func (s *subscriber) attempt(ctx context.Context, env *env, d *amqp.Delivery, k 
 		msg := event.Stamp(d, ev)
 		var hold func() error
 		if k != nil {
-			msg.Headers[event.HeaderKeyHead] = k.key
+			event.MarkHead(msg.Headers, k.key)
 			hold = func() error { return k.hold(msg.MessageId) }
 		}
 		s.replace(env, d, &ev, "", s.work, msg, "stamped", hold)
@@ -156,7 +156,7 @@ func (s *subscriber) attempt(ctx context.Context, env *env, d *amqp.Delivery, k 
 		msg := event.Copy(d, ev, event.Outcome{Status: res.Status, Error: lastError(dec, res)}, time.Time{})
 		var hold func() error
 		if k != nil {
-			msg.Headers[event.HeaderKeyHead] = k.key
+			event.MarkHead(msg.Headers, k.key)
 			hold = func() error { return k.hold(ev.ID) }
 		}
 		if s.replace(env, d, &ev, s.cfg.RetryQueue(dec.Delay), s.work, msg, "retry", hold) {

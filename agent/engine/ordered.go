@@ -168,10 +168,13 @@ func (k *keys) declare(ch *amqp.Channel, queue string) error {
 }
 
 // hold makes head the head of key: declares the key's held queue and its
-// record, and records head unless the record names it already (a head
-// that fails again). Only the key's head, or an event of a key that was
-// not held, is attempted and can get here; another name in the record is
-// one left by a crash, or the same event's before it got an id of its own
+// record, and writes a record naming head, in place of the one there. A
+// head that fails again keeps the time it became the head; rewriting its
+// record rather than reading and requeueing it keeps the record's delivery
+// count at zero (a quorum queue drops a message redelivered past its
+// delivery limit). Only the key's head, or an event of a key that was not
+// held, is attempted and can get here; another name in the record is one
+// left by a crash, or the same event's before it got an id of its own
 // (stamped).
 func (k *keys) hold(key, head string) error {
 	k.mu.Lock()
@@ -186,26 +189,21 @@ func (k *keys) hold(key, head string) error {
 	if err := k.declare(ch, k.record(key)); err != nil {
 		return fmt.Errorf("declare head record for a key: %w", err)
 	}
-	if recorded, ok := k.recordedHead(key); ok && recorded == head {
-		k.remember(key, true)
-		return nil // a head that fails again
-	}
 	records, err := k.takeRecords(key)
 	if err != nil {
 		return err
 	}
-	if rec, ok := current(records); ok && rec.Head == head {
-		requeueAll(records)
-		k.setHead(key, headTime{head: head, since: rec.At})
-	} else {
-		now := time.Now().UTC()
-		if err := k.writeRecord(key, headRecord{Seq: rec.Seq + 1, Head: head, At: now}); err != nil {
-			requeueAll(records)
-			return err
-		}
-		ackAll(records)
-		k.setHead(key, headTime{head: head, since: now})
+	rec, ok := current(records)
+	since := time.Now().UTC()
+	if ok && rec.Head == head && !rec.At.IsZero() {
+		since = rec.At
 	}
+	if err := k.writeRecord(key, headRecord{Seq: rec.Seq + 1, Head: head, At: since}); err != nil {
+		requeueAll(records)
+		return err
+	}
+	ackAll(records)
+	k.setHead(key, head, since)
 	k.remember(key, true)
 	return nil
 }
@@ -246,29 +244,39 @@ func (k *keys) takeRecords(key string) ([]amqp.Delivery, error) {
 func (k *keys) isHead(key, id string) (bool, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if head, ok := k.recordedHead(key); ok {
-		return head == id, nil
+	head, ok, err := k.recordedHead(key, id)
+	return !ok || head == id, err
+}
+
+// headsKey reports whether key's record names id: a marked event that the
+// key expression now puts under another key still heads the key it was
+// held under only then.
+func (k *keys) headsKey(key, id string) (bool, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	head, ok, err := k.recordedHead(key, id)
+	return ok && head == id, err
+}
+
+// recordedHead is the head key's record names (ok false: no record). When
+// this session last wrote or read it naming id, that is the answer without
+// a read, which would count as one more delivery of the record. Any other
+// answer is read: a consumer before this one may still have been finishing
+// an attempt and released the key. k.mu is held.
+func (k *keys) recordedHead(key, id string) (head string, ok bool, err error) {
+	if h, known := k.heads[key]; known && h.head == id {
+		return id, true, nil
 	}
 	records, err := k.takeRecords(key)
 	if err != nil {
-		return false, err
+		return "", false, err
 	}
 	requeueAll(records)
 	rec, ok := current(records)
 	if ok {
-		k.setHead(key, headTime{head: rec.Head, since: rec.At})
+		k.setHead(key, rec.Head, rec.At)
 	}
-	return !ok || rec.Head == id, nil
-}
-
-// recordedHead is key's head as this session last wrote or read its
-// record: only the active consumer writes records, so the broker would
-// say the same, and a read would count as one more delivery of the record
-// (a quorum queue drops a message redelivered past its delivery limit).
-// k.mu is held.
-func (k *keys) recordedHead(key string) (string, bool) {
-	h, ok := k.heads[key]
-	return h.head, ok && h.head != ""
+	return rec.Head, ok, nil
 }
 
 // headLate is how long past the longest its retries may take a held key's
@@ -295,8 +303,8 @@ func (k *keys) checkLate(key string, now time.Time) {
 		}
 		requeueAll(records)
 		rec, _ := current(records)
-		h = headTime{head: rec.Head, since: rec.At}
-		k.setHead(key, h)
+		k.setHead(key, rec.Head, rec.At)
+		h = k.heads[key]
 	}
 	var retries time.Duration
 	if delays := k.s.opts.Retry.Delays; len(delays) > 0 {
@@ -307,13 +315,18 @@ func (k *keys) checkLate(key string, now time.Time) {
 		return
 	}
 	h.warned = now
-	k.setHead(key, h)
+	k.heads[key] = h
 	k.s.log.Warn("a held key's head is late; the key's later events wait for it",
 		"held_queue", k.queue(key), "head", h.head, "head_since", h.since, "late_by", late.Round(time.Second).String())
 }
 
-// setHead remembers h for key; k.mu is held.
-func (k *keys) setHead(key string, h headTime) {
+// setHead remembers that head heads key since then; k.mu is held.
+func (k *keys) setHead(key, head string, since time.Time) {
+	h := k.heads[key]
+	if h.head != head {
+		h = headTime{head: head} // a new head: not warned about yet
+	}
+	h.since = since
 	if len(k.heads) >= maxKnownKeys {
 		clear(k.heads)
 	}
@@ -371,6 +384,7 @@ func (k *keys) releaseKey(key, head string) error {
 	rec, ok := current(records)
 	if ok && rec.Head != head {
 		requeueAll(records)
+		k.setHead(key, rec.Head, rec.At)
 		return nil
 	}
 	ch, err := k.channel()
@@ -429,7 +443,7 @@ func (k *keys) releaseKey(key, head string) error {
 	}
 	ev := event.FromDelivery(&next, time.Now())
 	msg := event.Move(&next, ev)
-	msg.Headers[event.HeaderKeyHead] = key
+	event.MarkHead(msg.Headers, key)
 	now := time.Now().UTC()
 	err = k.env.copies.publish(k.env.hard, "", k.s.work, msg)
 	if err == nil {
@@ -442,7 +456,7 @@ func (k *keys) releaseKey(key, head string) error {
 	}
 	_ = next.Ack(false)
 	ackAll(records)
-	k.setHead(key, headTime{head: ev.ID, since: now})
+	k.setHead(key, ev.ID, now)
 	return nil
 }
 
@@ -461,6 +475,22 @@ func (s *subscriber) handleOrdered(ctx context.Context, env *env, k *keys, d *am
 	// it is held while the question cannot be answered.
 	var held bool
 	ev := event.FromDelivery(d, time.Now())
+	if marked, ok := event.HeldKey(d); ok && marked != key {
+		// The key expression puts this head under another key than the
+		// one it was held under (a reload changed it): it still heads
+		// that key, and releases it, if the key's record names it.
+		var heads bool
+		if !s.persist(env, &ev, "tell whether the event heads the key it was held under", func() (err error) {
+			heads, err = k.headsKey(marked, ev.ID)
+			return err
+		}) {
+			s.requeue(d, &ev, "could not tell whether the event heads its key before shutdown")
+			return
+		}
+		if heads {
+			key = marked
+		}
+	}
 	if !s.persist(env, &ev, "tell whether the event's key is held", func() (err error) {
 		held, err = k.isHeld(key)
 		return err
@@ -492,13 +522,8 @@ func (s *subscriber) handleOrdered(ctx context.Context, env *env, k *keys, d *am
 	}, nil)
 }
 
-// orderingKey evaluates the subscription's ordering key for d. A head
-// keeps the key it was held under: a reload that changed the key
-// expression since must not strand the events held behind it.
+// orderingKey evaluates the subscription's ordering key for d.
 func (s *subscriber) orderingKey(d *amqp.Delivery) (string, error) {
-	if key, ok := event.HeldKey(d); ok {
-		return key, nil
-	}
 	if s.rulesErr != nil {
 		return "", s.rulesErr
 	}

@@ -223,9 +223,12 @@ func TestForgedKeyHeadWaitsItsTurn(t *testing.T) {
 	warrentest.Apply(t, cfg)
 	forged := accountEvent("a", 1)
 	forged.Headers = amqp.Table{event.HeaderKeyHead: true}
-	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 0), forged, accountEvent("a", 2))
-	reqs := rc.WaitFor(t, 15*time.Second, "every event of a", func(r []warrentest.Request) bool { return len(r) == 4 })
-	checkOrder(t, reqs, "a", 3)
+	forgedKey := accountEvent("a", 2) // heads, it says, a key nothing holds
+	forgedKey.Headers = amqp.Table{}
+	event.MarkHead(forgedKey.Headers, "b")
+	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 0), forged, forgedKey, accountEvent("a", 3))
+	reqs := rc.WaitFor(t, 15*time.Second, "every event of a", func(r []warrentest.Request) bool { return len(r) == 5 })
+	checkOrder(t, reqs, "a", 4)
 	waitReleased(t, cfg)
 }
 
@@ -369,11 +372,14 @@ func TestDeletedHeadRecordDoesNotHoldItsKey(t *testing.T) {
 // come back (its retry, then the grace) logs nothing; once it is late, one
 // warning names the head, and the next events within the grace add none.
 func TestLateHeadIsReported(t *testing.T) {
+	// Its retries may take 2 × 4s (a Retry-After can pick the longest
+	// tier each time), not 3s + 4s.
 	grace, delay := 2*time.Second, 3*time.Second
+	retries := 8 * time.Second
 	engine.SetHeadLate(t, grace)
 	rc := failsFirstAttempt(t, "evt_a_000")
 	sub := orderedSub(rc.URL)
-	sub.Retry.Delays = []time.Duration{delay}
+	sub.Retry.Delays = []time.Duration{delay, 4 * time.Second}
 	cfg := warrentest.Config(t, sub)
 	h := hdStart(t, cfg)
 	warrentest.Apply(t, cfg)
@@ -396,13 +402,13 @@ func TestLateHeadIsReported(t *testing.T) {
 		warrentest.Publish(t, cfg, "account.updated", accountEvent("a", seq))
 		waitHeld(t, cfg, "a", seq)
 	}
-	moveAside(1, 0)             // in its retry
-	moveAside(2, delay+grace/2) // in the grace
+	moveAside(1, 0)               // in its retries
+	moveAside(2, retries+grace/2) // in the grace
 	if n := strings.Count(h.logs.String(), warning); n != 0 {
 		t.Fatalf("warned while the head could still come back:\n%s", h.logs.String())
 	}
-	moveAside(3, delay+grace+500*time.Millisecond) // late
-	moveAside(4, delay+grace+time.Second)          // late, within the grace of the warning
+	moveAside(3, retries+grace+500*time.Millisecond) // late
+	moveAside(4, retries+grace+time.Second)          // late, within the grace of the warning
 	logs := h.logs.String()
 	if n := strings.Count(logs, warning); n != 1 || !strings.Contains(logs, "head=evt_a_000") {
 		t.Errorf("%d warnings naming the head, want 1:\n%s", n, logs)
@@ -469,7 +475,8 @@ func TestDeadLetteredHeadReplayedReleasesItsKey(t *testing.T) {
 func TestReloadKeepsTheKeyOfAHead(t *testing.T) {
 	rc := failsFirstAttempt(t, "evt_a_000")
 	sub := orderedSub(rc.URL)
-	sub.Retry.Delays = []time.Duration{4 * time.Second}
+	delay := 5 * time.Second
+	sub.Retry.Delays = []time.Duration{delay}
 	cfg := warrentest.Config(t, sub)
 	e := hdStart(t, cfg)
 	warrentest.Apply(t, cfg)
@@ -483,8 +490,13 @@ func TestReloadKeepsTheKeyOfAHead(t *testing.T) {
 	e.Reload(&next)
 	success := map[string]string{"result": "success"}
 	warrentest.WaitUntil(t, 10*time.Second, "the reload", func() bool { return e.metric(t, "warren_config_reloads_total", success) == 1 })
+	waitState(t, e.Engine, renamed.Name, engine.StateConsuming)
+	reloaded := time.Now()
 
 	reqs := rc.WaitFor(t, 15*time.Second, "every event of a", func(r []warrentest.Request) bool { return len(r) == 4 })
+	if reqs[1].At.Before(reloaded) {
+		t.Fatalf("the head came back at %s, before the reload took effect at %s: nothing was tested", reqs[1].At, reloaded)
+	}
 	checkOrder(t, reqs, "a", 3)
 	waitReleased(t, cfg)
 	if n := len(rc.Requests()); n != 4 {
@@ -492,11 +504,12 @@ func TestReloadKeepsTheKeyOfAHead(t *testing.T) {
 	}
 }
 
-// TestHeadRecordIsNotReadAgainAndAgain: a head that fails again and
-// again keeps its key held, and this session knows its record: it reads
-// it from the broker no more. On a quorum queue each read was one more
-// delivery of the record, which RabbitMQ drops past its delivery limit.
-func TestHeadRecordIsNotReadAgainAndAgain(t *testing.T) {
+// TestHeadRecordIsNotRedelivered: a head that fails again and again keeps
+// its key held. Its record is rewritten at each retry and known to the
+// session, not read and requeued: on a quorum queue each requeue is one
+// more delivery of the record, which RabbitMQ drops past its delivery
+// limit.
+func TestHeadRecordIsNotRedelivered(t *testing.T) {
 	const failures = 5
 	var tries atomic.Int32
 	rc := warrentest.NewReceiver(t, func(_ int, r *http.Request) int {
@@ -525,7 +538,26 @@ func TestHeadRecordIsNotReadAgainAndAgain(t *testing.T) {
 		t.Fatalf("read %s: %v, %v", record, ok, err)
 	}
 	defer d.Nack(false, true)
-	if n, _ := d.Headers["x-delivery-count"].(int64); n > 1 {
+	if n := deliveryCount(t, d); n > 1 {
 		t.Errorf("the head record was delivered %d times before, over %d failures of its head: want at most 1", n, failures)
 	}
+}
+
+// deliveryCount is a quorum queue's x-delivery-count of d.
+func deliveryCount(t *testing.T, d amqp.Delivery) int64 {
+	t.Helper()
+	switch n := d.Headers["x-delivery-count"].(type) {
+	case nil:
+		return 0 // never delivered before
+	case int64:
+		return n
+	case int32:
+		return int64(n)
+	case int16:
+		return int64(n)
+	case int8:
+		return int64(n)
+	}
+	t.Fatalf("x-delivery-count %#v", d.Headers["x-delivery-count"])
+	return 0
 }

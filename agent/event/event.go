@@ -34,21 +34,34 @@ const (
 	// HeaderKeyHead marks, in an ordered subscription, the event its key
 	// waits for: a retry copy, or the next event moved back from the key's
 	// held queue. Later events of a held key are moved aside; a head is
-	// delivered. Its value is the key (true from older versions).
+	// delivered. HeaderHeldKey beside it names the key.
 	HeaderKeyHead = "warren-key-head"
+	HeaderHeldKey = "warren-held-key"
 )
 
-// IsKeyHead reports whether d is marked as the head of its held key.
+// IsKeyHead reports whether d is marked as the head of a held key.
 func IsKeyHead(d *amqp.Delivery) bool {
-	_, ok := HeldKey(d)
-	return ok || d.Headers[HeaderKeyHead] == true
+	v, _ := d.Headers[HeaderKeyHead].(bool)
+	return v
 }
 
-// HeldKey is the key d was marked the head of, when the mark names it
-// ("" is a key like any other).
+// HeldKey is the key d is marked the head of, when the mark names it
+// (older versions did not; "" is a key like any other).
 func HeldKey(d *amqp.Delivery) (string, bool) {
-	key, ok := d.Headers[HeaderKeyHead].(string)
-	return key, ok
+	key, ok := d.Headers[HeaderHeldKey].(string)
+	return key, ok && IsKeyHead(d)
+}
+
+// MarkHead marks the message with headers as the head of key.
+func MarkHead(headers amqp.Table, key string) {
+	headers[HeaderKeyHead] = true
+	headers[HeaderHeldKey] = key
+}
+
+// Unmark removes the head mark from headers.
+func Unmark(headers amqp.Table) {
+	delete(headers, HeaderKeyHead)
+	delete(headers, HeaderHeldKey)
 }
 
 // Move builds the copy that moves d, unchanged but for what the broker
@@ -204,7 +217,7 @@ func Copy(d *amqp.Delivery, ev Event, o Outcome, parkedAt time.Time) amqp.Publis
 	headers[HeaderLastError] = Truncate(o.Error, 512)
 	if !parkedAt.IsZero() {
 		headers[HeaderParkedAt] = parkedAt.UTC().Format(time.RFC3339Nano)
-		delete(headers, HeaderKeyHead) // a parked event heads nothing
+		Unmark(headers) // a parked event heads nothing
 	}
 	return amqp.Publishing{
 		Headers:         headers,
@@ -239,7 +252,7 @@ func Replay(d *amqp.Delivery, ev Event) amqp.Publishing {
 		delete(p.Headers, k)
 	}
 	if parked || !deadLettered {
-		delete(p.Headers, HeaderKeyHead)
+		Unmark(p.Headers)
 	}
 	return p
 }
@@ -250,7 +263,7 @@ func Replay(d *amqp.Delivery, ev Event) amqp.Publishing {
 func Stamp(d *amqp.Delivery, ev Event) amqp.Publishing {
 	ev.ID = NewID()
 	p := Replay(d, ev)
-	delete(p.Headers, HeaderKeyHead) // a first publish heads nothing yet
+	Unmark(p.Headers) // a first publish heads nothing yet
 	return p
 }
 

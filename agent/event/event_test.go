@@ -159,9 +159,9 @@ func TestReplayKeepsTheMarkOfAHeadNobodyParked(t *testing.T) {
 		headers amqp.Table
 		head    bool
 	}{
-		"dead-lettered by the broker": {amqp.Table{HeaderKeyHead: "acct_1", "x-death": xDeath}, true},
+		"dead-lettered by the broker": {amqp.Table{HeaderKeyHead: true, HeaderHeldKey: "acct_1", "x-death": xDeath}, true},
 		"parked, mark left on":        {amqp.Table{HeaderKeyHead: true, HeaderParkedAt: "2026-01-01T00:00:00Z", "x-death": xDeath}, false},
-		"no x-death":                  {amqp.Table{HeaderKeyHead: "acct_1"}, false},
+		"no x-death":                  {amqp.Table{HeaderKeyHead: true, HeaderHeldKey: "acct_1"}, false},
 	} {
 		d := &amqp.Delivery{MessageId: "evt_head", RoutingKey: "warren.ledger.dead", Headers: c.headers, Body: []byte(`{}`)}
 		replay := Replay(d, FromDelivery(d, time.Now()))
@@ -169,7 +169,7 @@ func TestReplayKeepsTheMarkOfAHeadNobodyParked(t *testing.T) {
 			t.Errorf("%s: replay is a head: %v, want %v", name, got, c.head)
 		}
 	}
-	head := &amqp.Delivery{MessageId: "evt_head", Headers: amqp.Table{HeaderKeyHead: "acct_1", "x-death": xDeath}, Body: []byte(`{}`)}
+	head := &amqp.Delivery{MessageId: "evt_head", Headers: amqp.Table{HeaderKeyHead: true, HeaderHeldKey: "acct_1", "x-death": xDeath}, Body: []byte(`{}`)}
 	if IsKeyHead(&amqp.Delivery{Headers: Stamp(head, FromDelivery(head, time.Now())).Headers}) {
 		t.Error("an id stamp keeps a head mark")
 	}
@@ -202,27 +202,27 @@ func TestMoveKeepsTheEvent(t *testing.T) {
 	}
 }
 
-// TestKeyHeadMark: the head mark names the key it heads, "" included; an
-// older warren's mark is true and names none.
+// TestKeyHeadMark: the head mark is true, as older versions read it, and
+// the key beside it ("" included); an older version's mark names none.
 func TestKeyHeadMark(t *testing.T) {
-	for v, want := range map[any]struct {
-		head  bool
-		key   string
-		named bool
-	}{
-		"acct_1": {true, "acct_1", true},
-		"":       {true, "", true},
-		true:     {true, "", false},
-		false:    {false, "", false},
-		int32(1): {false, "", false},
-	} {
-		d := &amqp.Delivery{Headers: amqp.Table{HeaderKeyHead: v}}
-		key, named := HeldKey(d)
-		if IsKeyHead(d) != want.head || key != want.key || named != want.named {
-			t.Errorf("mark %#v: head %v, key %q named %v; want %v, %q, %v", v, IsKeyHead(d), key, named, want.head, want.key, want.named)
+	for _, key := range []string{"acct_1", ""} {
+		h := amqp.Table{}
+		MarkHead(h, key)
+		d := &amqp.Delivery{Headers: h}
+		if got, named := HeldKey(d); !IsKeyHead(d) || !named || got != key || h[HeaderKeyHead] != true {
+			t.Errorf("marked the head of %q: head %v, key %q named %v, mark %v", key, IsKeyHead(d), got, named, h[HeaderKeyHead])
+		}
+		Unmark(h)
+		if IsKeyHead(d) || len(h) != 0 {
+			t.Errorf("unmarked, headers %v", h)
 		}
 	}
-	if IsKeyHead(&amqp.Delivery{}) {
-		t.Error("a message without the mark is a head")
+	older := &amqp.Delivery{Headers: amqp.Table{HeaderKeyHead: true}}
+	if _, named := HeldKey(older); !IsKeyHead(older) || named {
+		t.Error("an older version's mark is not a head that names no key")
+	}
+	notHead := &amqp.Delivery{Headers: amqp.Table{HeaderKeyHead: false, HeaderHeldKey: "acct_1"}}
+	if _, named := HeldKey(notHead); IsKeyHead(notHead) || named {
+		t.Error("a key without the mark makes a head")
 	}
 }

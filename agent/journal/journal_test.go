@@ -127,7 +127,7 @@ func TestParseTime(t *testing.T) {
 // when the publisher set the head mark.
 func TestReplayMessageHeadsNothing(t *testing.T) {
 	d := &amqp.Delivery{MessageId: "evt_1", RoutingKey: "account.updated", Body: []byte(`{}`),
-		Headers: amqp.Table{event.HeaderKeyHead: "acct_1", "x-death": []any{amqp.Table{"reason": "expired"}}}}
+		Headers: amqp.Table{event.HeaderKeyHead: true, event.HeaderHeldKey: "acct_1", "x-death": []any{amqp.Table{"reason": "expired"}}}}
 	p := journal.ReplayMessage(d, "rpl_1", time.Now())
 	if event.IsKeyHead(&amqp.Delivery{Headers: p.Headers}) {
 		t.Error("a replayed journal entry is marked as its key's head")

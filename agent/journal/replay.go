@@ -123,7 +123,7 @@ func ReplayMessage(d *amqp.Delivery, replayID string, now time.Time) amqp.Publis
 	p := event.Replay(d, ev)
 	delete(p.Headers, headerOffset)
 	delete(p.Headers, event.HeaderFirstAttemptAt)
-	delete(p.Headers, event.HeaderKeyHead)   // the event as published heads nothing
+	event.Unmark(p.Headers)                  // the event as published heads nothing
 	p.Headers[event.HeaderReplay] = replayID // the dedup window lets it through
 	p.UserId = ""
 	return p
