@@ -471,41 +471,40 @@ func (k *keys) close() {
 // key's held queue; the key's head, or an event of a key not held, is
 // attempted.
 func (s *subscriber) handleOrdered(ctx context.Context, env *env, k *keys, d *amqp.Delivery, key string) {
-	// Requeued, the event could come back after a later one of its key:
-	// it is held while the question cannot be answered.
-	var held bool
 	ev := event.FromDelivery(d, time.Now())
+	// ask answers a question about the key from the broker, retrying; when
+	// shutdown cuts it short the event is requeued: it could come back
+	// after a later one of its key, so it is held while unanswered.
+	ask := func(question string, answer func() (bool, error)) (yes, ok bool) {
+		ok = s.persist(env, &ev, "tell whether "+question, func() (err error) {
+			yes, err = answer()
+			return err
+		})
+		if !ok {
+			s.requeue(d, &ev, "could not tell whether "+question+" before shutdown")
+		}
+		return yes, ok
+	}
 	if marked, ok := event.HeldKey(d); ok && marked != key {
 		// The key expression puts this head under another key than the
 		// one it was held under (a reload changed it): it still heads
 		// that key, and releases it, if the key's record names it.
-		var heads bool
-		if !s.persist(env, &ev, "tell whether the event heads the key it was held under", func() (err error) {
-			heads, err = k.headsKey(marked, ev.ID)
-			return err
-		}) {
-			s.requeue(d, &ev, "could not tell whether the event heads its key before shutdown")
+		heads, ok := ask("the event heads the key it was held under", func() (bool, error) { return k.headsKey(marked, ev.ID) })
+		if !ok {
 			return
 		}
 		if heads {
 			key = marked
 		}
 	}
-	if !s.persist(env, &ev, "tell whether the event's key is held", func() (err error) {
-		held, err = k.isHeld(key)
-		return err
-	}) {
-		s.requeue(d, &ev, "could not tell whether the event's key is held before shutdown")
+	held, ok := ask("the event's key is held", func() (bool, error) { return k.isHeld(key) })
+	if !ok {
 		return
 	}
 	waits := held
 	if held && event.IsKeyHead(d) {
-		var head bool
-		if !s.persist(env, &ev, "tell whether the event heads its key", func() (err error) {
-			head, err = k.isHead(key, ev.ID)
-			return err
-		}) {
-			s.requeue(d, &ev, "could not tell whether the event heads its key before shutdown")
+		head, ok := ask("the event heads its key", func() (bool, error) { return k.isHead(key, ev.ID) })
+		if !ok {
 			return
 		}
 		waits = !head
@@ -520,6 +519,18 @@ func (s *subscriber) handleOrdered(ctx context.Context, env *env, k *keys, d *am
 		hold:    func(head string) error { return k.hold(key, head) },
 		release: func() error { return k.releaseKey(key, ev.ID) },
 	}, nil)
+}
+
+// markedHead are the hooks of an event parked because its key expression
+// fails (a reload may have changed it) when it is marked the head of a
+// key: parking it releases that key if the key's record names it, so the
+// events held behind it are not stranded. nil when it is not marked.
+func (k *keys) markedHead(d *amqp.Delivery, id string) *keyHooks {
+	key, ok := event.HeldKey(d)
+	if !ok {
+		return nil
+	}
+	return &keyHooks{key: key, release: func() error { return k.releaseKey(key, id) }}
 }
 
 // orderingKey evaluates the subscription's ordering key for d.

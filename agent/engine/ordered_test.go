@@ -351,6 +351,20 @@ func waitHeld(t *testing.T, cfg *config.Config, key string, n int) string {
 	return held
 }
 
+// waitInOrderAndReleased waits until account a's three events reached
+// the endpoint in order, the first after one failed attempt, and its key
+// was released, with no request more; it returns the requests.
+func waitInOrderAndReleased(t *testing.T, rc *warrentest.Receiver, cfg *config.Config, timeout time.Duration) []warrentest.Request {
+	t.Helper()
+	reqs := rc.WaitFor(t, timeout, "every event of a", func(r []warrentest.Request) bool { return len(r) == 4 })
+	checkOrder(t, reqs, "a", 3)
+	waitReleased(t, cfg)
+	if n := len(rc.Requests()); n != 4 {
+		t.Errorf("%d requests, want 4: one failed attempt and one delivery of each event", n)
+	}
+	return reqs
+}
+
 // TestDeletedHeadRecordDoesNotHoldItsKey: an operator deletes a held key's
 // head record while its head waits for a retry. The head is still sent
 // when it comes back, and it releases the events behind it, in order.
@@ -358,12 +372,7 @@ func TestDeletedHeadRecordDoesNotHoldItsKey(t *testing.T) {
 	rc, cfg := startHeldKey(t, 6*time.Second)
 	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 0), accountEvent("a", 1), accountEvent("a", 2))
 	deleteHeld(t, waitHeld(t, cfg, "a", 2)+".head", 1)
-	reqs := rc.WaitFor(t, 20*time.Second, "every event of a", func(r []warrentest.Request) bool { return len(r) == 4 })
-	checkOrder(t, reqs, "a", 3)
-	waitReleased(t, cfg)
-	if n := len(rc.Requests()); n != 4 {
-		t.Errorf("%d requests, want 4: one failed attempt and one delivery of each event", n)
-	}
+	waitInOrderAndReleased(t, rc, cfg, 20*time.Second)
 }
 
 // TestLateHeadIsReported: a held key's head leaves the subscription's
@@ -460,12 +469,7 @@ func TestDeadLetteredHeadReplayedReleasesItsKey(t *testing.T) {
 	if err := parked.Ack(false); err != nil {
 		t.Fatal(err)
 	}
-	reqs := rc.WaitFor(t, 10*time.Second, "every event of a", func(r []warrentest.Request) bool { return len(r) == 4 })
-	checkOrder(t, reqs, "a", 3)
-	waitReleased(t, cfg)
-	if n := len(rc.Requests()); n != 4 {
-		t.Errorf("%d requests, want 4: one failed attempt and one delivery of each event", n)
-	}
+	waitInOrderAndReleased(t, rc, cfg, 10*time.Second)
 }
 
 // TestReloadKeepsTheKeyOfAHead: a reload changes the ordering key
@@ -493,14 +497,9 @@ func TestReloadKeepsTheKeyOfAHead(t *testing.T) {
 	waitState(t, e.Engine, renamed.Name, engine.StateConsuming)
 	reloaded := time.Now()
 
-	reqs := rc.WaitFor(t, 15*time.Second, "every event of a", func(r []warrentest.Request) bool { return len(r) == 4 })
+	reqs := waitInOrderAndReleased(t, rc, cfg, 15*time.Second)
 	if reqs[1].At.Before(reloaded) {
-		t.Fatalf("the head came back at %s, before the reload took effect at %s: nothing was tested", reqs[1].At, reloaded)
-	}
-	checkOrder(t, reqs, "a", 3)
-	waitReleased(t, cfg)
-	if n := len(rc.Requests()); n != 4 {
-		t.Errorf("%d requests, want 4: one failed attempt and one delivery of each event", n)
+		t.Errorf("the head came back at %s, before the reload took effect at %s: nothing was tested", reqs[1].At, reloaded)
 	}
 }
 
@@ -529,16 +528,7 @@ func TestHeadRecordIsNotRedelivered(t *testing.T) {
 	record := waitHeld(t, cfg, "a", 1) + ".head"
 	warrentest.WaitDepth(t, cfg.RetryQueue(last), 1, 10*time.Second) // failed 5 times, held for 30s
 
-	ch, err := brokertest.Dial(t).Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, ok, err := ch.Get(record, false)
-	if err != nil || !ok {
-		t.Fatalf("read %s: %v, %v", record, ok, err)
-	}
-	defer d.Nack(false, true)
-	if n := deliveryCount(t, d); n > 1 {
+	if n := deliveryCount(t, warrentest.Get(t, record)); n > 1 {
 		t.Errorf("the head record was delivered %d times before, over %d failures of its head: want at most 1", n, failures)
 	}
 }
@@ -560,4 +550,41 @@ func deliveryCount(t *testing.T, d amqp.Delivery) int64 {
 	}
 	t.Fatalf("x-delivery-count %#v", d.Headers["x-delivery-count"])
 	return 0
+}
+
+// TestFailingKeyExpressionReleasesTheKeyOfAHead: a reload changes the
+// ordering key expression to one that fails for the events of a held key.
+// Its head comes back and is parked with the reason, which releases the
+// key: the events behind it come back one at a time and are parked too,
+// and none is left in the held queue.
+func TestFailingKeyExpressionReleasesTheKeyOfAHead(t *testing.T) {
+	rc := failsFirstAttempt(t, "evt_a_000")
+	sub := orderedSub(rc.URL)
+	sub.Retry.Delays = []time.Duration{5 * time.Second}
+	cfg := warrentest.Config(t, sub)
+	e := hdStart(t, cfg)
+	warrentest.Apply(t, cfg)
+	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 0), accountEvent("a", 1), accountEvent("a", 2))
+	waitHeld(t, cfg, "a", 2)
+
+	next := *cfg
+	broken := cfg.Subscriptions[0]
+	broken.Ordering.Key = "data.ledger_id" // no such field: the expression fails
+	next.Subscriptions = []config.Subscription{broken}
+	e.Reload(&next)
+	success := map[string]string{"result": "success"}
+	warrentest.WaitUntil(t, 10*time.Second, "the reload", func() bool { return e.metric(t, "warren_config_reloads_total", success) == 1 })
+
+	warrentest.WaitDepth(t, cfg.DeadQueue(broken), 3, 20*time.Second)
+	warrentest.WaitUntil(t, 10*time.Second, "the key's held queue deleted", func() bool {
+		for name := range warrentest.Messages(t, cfg.Broker.QueuePrefix+".") {
+			if strings.Contains(name, ".held.") {
+				return false
+			}
+		}
+		return true
+	})
+	if n := len(rc.Requests()); n != 1 {
+		t.Errorf("%d requests, want 1 (the failed attempt): the others cannot be ordered and are parked", n)
+	}
 }

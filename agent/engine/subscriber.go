@@ -341,7 +341,7 @@ func (s *subscriber) consume(ctx context.Context, env *env, ch *amqp.Channel,
 			sending++
 			attempts.run(func() {
 				ev := event.FromDelivery(&d, time.Now())
-				s.parkUnsent(env, &d, &ev, time.Now(), err.Error(), nil)
+				s.parkUnsent(env, &d, &ev, time.Now(), err.Error(), k.markedHead(&d, ev.ID))
 				finished <- done{}
 			})
 			return
