@@ -12,6 +12,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/warren-hq/warren/agent/broker"
 	"github.com/warren-hq/warren/agent/event"
 	"github.com/warren-hq/warren/agent/rules"
 )
@@ -415,8 +416,11 @@ func (k *keys) releaseKey(key, head string) error {
 			continue
 		}
 		if !got {
-			// Nothing is added meanwhile: only this consumer moves events
-			// of the key, one at a time.
+			// An event of the key moved aside meanwhile (possible only
+			// while its head is handled outside the key's turn, after a
+			// reload) fails the delete below, and the release is tried
+			// again; one whose move finds the queue gone decides again
+			// (moveAside).
 			if _, err := ch.QueueDelete(queue, false, true, false); err != nil && !isNotFound(err) {
 				requeueAll(records)
 				return fmt.Errorf("delete a released key's held queue: %w", err)
@@ -497,28 +501,68 @@ func (s *subscriber) handleOrdered(ctx context.Context, env *env, k *keys, d *am
 			key = marked
 		}
 	}
-	held, ok := ask("the event's key is held", func() (bool, error) { return k.isHeld(key) })
-	if !ok {
-		return
-	}
-	waits := held
-	if held && event.IsKeyHead(d) {
-		head, ok := ask("the event heads its key", func() (bool, error) { return k.isHead(key, ev.ID) })
+	for {
+		held, ok := ask("the event's key is held", func() (bool, error) { return k.isHeld(key) })
 		if !ok {
 			return
 		}
-		waits = !head
-	}
-	if waits {
+		waits := held
+		if held && event.IsKeyHead(d) {
+			head, ok := ask("the event heads its key", func() (bool, error) { return k.isHead(key, ev.ID) })
+			if !ok {
+				return
+			}
+			waits = !head
+		}
+		if !waits {
+			break
+		}
 		k.checkLate(key, time.Now())
-		s.replace(env, d, &ev, "", k.queue(key), event.Move(d, ev), "held-key", nil)
-		return
+		if moved := s.moveAside(env, k, d, &ev, key); moved {
+			return
+		}
+		// The key was released meanwhile (its head is handled outside
+		// this key's turn, when a reload changed or broke the key
+		// expression): decide again.
 	}
 	s.attempt(ctx, env, d, &keyHooks{
 		key:     key,
 		hold:    func(head string) error { return k.hold(key, head) },
 		release: func() error { return k.releaseKey(key, ev.ID) },
 	}, nil)
+}
+
+// moveAside moves d to key's held queue and acks it, as replace does,
+// and reports whether it did. A move that finds the held queue gone
+// because the key was released meanwhile is not retried: false, and d is
+// still to settle. Shutdown requeues d (true: nothing left to do).
+func (s *subscriber) moveAside(env *env, k *keys, d *amqp.Delivery, ev *event.Event, key string) bool {
+	released := false
+	stored := s.persist(env, ev, "store the held-key copy", func() error {
+		err := env.copies.publish(env.hard, "", k.queue(key), event.Move(d, *ev))
+		if (errors.Is(err, broker.ErrUnroutable) || isNotFound(err)) && !k.knownHeld(key) {
+			released = true
+			return nil
+		}
+		return err
+	})
+	switch {
+	case released:
+		return false
+	case !stored:
+		s.requeue(d, ev, "could not store the held-key copy before shutdown")
+	default:
+		ack(d, s.log)
+	}
+	return true
+}
+
+// knownHeld reports what this session knows of key being held, without
+// asking the broker.
+func (k *keys) knownHeld(key string) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.held[key]
 }
 
 // markedHead are the hooks of an event parked because its key expression
