@@ -268,16 +268,21 @@ func (k *keys) recordedHead(key, id string) (head string, ok bool, err error) {
 	if h, known := k.heads[key]; known && h.head == id {
 		return id, true, nil
 	}
+	rec, ok, err := k.readRecord(key)
+	return rec.Head, ok, err
+}
+
+// readRecord reads key's record, leaves it in place, and remembers what it
+// names (nothing, when there is none). k.mu is held.
+func (k *keys) readRecord(key string) (headRecord, bool, error) {
 	records, err := k.takeRecords(key)
 	if err != nil {
-		return "", false, err
+		return headRecord{}, false, err
 	}
 	requeueAll(records)
 	rec, ok := current(records)
-	if ok {
-		k.setHead(key, rec.Head, rec.At)
-	}
-	return rec.Head, ok, nil
+	k.setHead(key, rec.Head, rec.At)
+	return rec, ok, nil
 }
 
 // headLate is how long past the longest its retries may take a held key's
@@ -298,13 +303,9 @@ func (k *keys) checkLate(key string, now time.Time) {
 	defer k.mu.Unlock()
 	h, known := k.heads[key]
 	if !known {
-		records, err := k.takeRecords(key)
-		if err != nil {
+		if _, _, err := k.readRecord(key); err != nil {
 			return // the move that follows retries and logs broker errors
 		}
-		requeueAll(records)
-		rec, _ := current(records)
-		k.setHead(key, rec.Head, rec.At)
 		h = k.heads[key]
 	}
 	var retries time.Duration

@@ -277,6 +277,12 @@ func failsFirstAttempt(t *testing.T, id string) *warrentest.Receiver {
 func waitReleased(t *testing.T, cfg *config.Config) {
 	t.Helper()
 	warrentest.WaitSettled(t, cfg, 10*time.Second)
+	waitNoHeldQueue(t, cfg)
+}
+
+// waitNoHeldQueue waits until no key's held queue or head record is left.
+func waitNoHeldQueue(t *testing.T, cfg *config.Config) {
+	t.Helper()
 	warrentest.WaitUntil(t, 10*time.Second, "every key's held queue deleted", func() bool {
 		for name := range warrentest.Messages(t, cfg.Broker.QueuePrefix+".") {
 			if strings.Contains(name, ".held.") {
@@ -472,15 +478,14 @@ func TestDeadLetteredHeadReplayedReleasesItsKey(t *testing.T) {
 	waitInOrderAndReleased(t, rc, cfg, 10*time.Second)
 }
 
-// TestReloadKeepsTheKeyOfAHead: a reload changes the ordering key
-// expression while a key is held. Its head comes back under the new
-// expression, which names another key; it still heads the key it was held
-// under, and releases the events behind it, in order.
-func TestReloadKeepsTheKeyOfAHead(t *testing.T) {
+// reloadHeldKey holds account a's key behind its first event, which
+// fails once and waits 5 s for its retry, with two events behind it; then
+// reloads the subscription with the ordering key expression key.
+func reloadHeldKey(t *testing.T, key string) (*warrentest.Receiver, *config.Config, *hdEngine) {
+	t.Helper()
 	rc := failsFirstAttempt(t, "evt_a_000")
 	sub := orderedSub(rc.URL)
-	delay := 5 * time.Second
-	sub.Retry.Delays = []time.Duration{delay}
+	sub.Retry.Delays = []time.Duration{5 * time.Second}
 	cfg := warrentest.Config(t, sub)
 	e := hdStart(t, cfg)
 	warrentest.Apply(t, cfg)
@@ -488,13 +493,22 @@ func TestReloadKeepsTheKeyOfAHead(t *testing.T) {
 	waitHeld(t, cfg, "a", 2)
 
 	next := *cfg
-	renamed := cfg.Subscriptions[0]
-	renamed.Ordering.Key = `"account-" + data.account_id`
-	next.Subscriptions = []config.Subscription{renamed}
+	reloaded := cfg.Subscriptions[0]
+	reloaded.Ordering.Key = key
+	next.Subscriptions = []config.Subscription{reloaded}
 	e.Reload(&next)
 	success := map[string]string{"result": "success"}
 	warrentest.WaitUntil(t, 10*time.Second, "the reload", func() bool { return e.metric(t, "warren_config_reloads_total", success) == 1 })
-	waitState(t, e.Engine, renamed.Name, engine.StateConsuming)
+	return rc, cfg, e
+}
+
+// TestReloadKeepsTheKeyOfAHead: a reload changes the ordering key
+// expression while a key is held. Its head comes back under the new
+// expression, which names another key; it still heads the key it was held
+// under, and releases the events behind it, in order.
+func TestReloadKeepsTheKeyOfAHead(t *testing.T) {
+	rc, cfg, e := reloadHeldKey(t, `"account-" + data.account_id`)
+	waitState(t, e.Engine, cfg.Subscriptions[0].Name, engine.StateConsuming)
 	reloaded := time.Now()
 
 	reqs := waitInOrderAndReleased(t, rc, cfg, 15*time.Second)
@@ -560,32 +574,9 @@ func deliveryCount(t *testing.T, d amqp.Delivery) int64 {
 // key: the events behind it come back one at a time and are parked too,
 // and none is left in the held queue.
 func TestFailingKeyExpressionReleasesTheKeyOfAHead(t *testing.T) {
-	rc := failsFirstAttempt(t, "evt_a_000")
-	sub := orderedSub(rc.URL)
-	sub.Retry.Delays = []time.Duration{5 * time.Second}
-	cfg := warrentest.Config(t, sub)
-	e := hdStart(t, cfg)
-	warrentest.Apply(t, cfg)
-	warrentest.Publish(t, cfg, "account.updated", accountEvent("a", 0), accountEvent("a", 1), accountEvent("a", 2))
-	waitHeld(t, cfg, "a", 2)
-
-	next := *cfg
-	broken := cfg.Subscriptions[0]
-	broken.Ordering.Key = "data.ledger_id" // no such field: the expression fails
-	next.Subscriptions = []config.Subscription{broken}
-	e.Reload(&next)
-	success := map[string]string{"result": "success"}
-	warrentest.WaitUntil(t, 10*time.Second, "the reload", func() bool { return e.metric(t, "warren_config_reloads_total", success) == 1 })
-
-	warrentest.WaitDepth(t, cfg.DeadQueue(broken), 3, 20*time.Second)
-	warrentest.WaitUntil(t, 10*time.Second, "the key's held queue deleted", func() bool {
-		for name := range warrentest.Messages(t, cfg.Broker.QueuePrefix+".") {
-			if strings.Contains(name, ".held.") {
-				return false
-			}
-		}
-		return true
-	})
+	rc, cfg, _ := reloadHeldKey(t, "data.ledger_id") // no such field: the expression fails
+	warrentest.WaitDepth(t, cfg.DeadQueue(cfg.Subscriptions[0]), 3, 20*time.Second)
+	waitNoHeldQueue(t, cfg)
 	if n := len(rc.Requests()); n != 1 {
 		t.Errorf("%d requests, want 1 (the failed attempt): the others cannot be ordered and are parked", n)
 	}
